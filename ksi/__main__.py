@@ -1,0 +1,7 @@
+"""Entry point for ``python -m ksi``."""
+
+import sys
+
+from ksi.cli import main
+
+sys.exit(main())

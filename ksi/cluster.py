@@ -1,0 +1,45 @@
+"""Policy for one node's kind cluster: create it, and delete it in a way that is verified and bounded."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ksi import log
+from ksi.errors import KsiError
+from ksi.kind import Kind
+from ksi.runtimes import ContainerRuntime
+
+_log = log.get(__name__)
+_LIST_TIMEOUT = 5.0
+
+
+def delete_verified(kind: Kind, runtime: ContainerRuntime, name: str, kubeconfig: Path | None, budget: float) -> None:
+    """Delete cluster ``name`` within ``budget`` seconds and make sure no node container of it is left.
+
+    Runs ``kind delete cluster`` (whose exit status is not trusted: it fails on a broken kubeconfig after
+    deleting the nodes, and succeeds for a cluster it does not know), then lists containers by kind's
+    cluster label and force-removes whatever is left. Raises KsiError if containers survive all of that.
+    """
+    deadline = time.monotonic() + budget
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 1.0)
+
+    try:
+        result = kind.delete(name, kubeconfig if kubeconfig and kubeconfig.exists() else None,
+                             timeout=max(remaining() - 2 * _LIST_TIMEOUT, 1.0))
+        if result.returncode != 0:
+            _log.warning("teardown: `kind delete cluster` exited %d; checking for leftovers", result.returncode)
+    except KsiError as exc:
+        _log.warning("teardown: %s; removing the node containers directly", exc.message)
+    leftovers = runtime.node_containers(name, timeout=min(_LIST_TIMEOUT, remaining()))
+    if leftovers:
+        _log.warning("teardown: %d container(s) of %s survived kind delete; removing them: %s",
+                     len(leftovers), name, " ".join(c.name for c in leftovers))
+        runtime.remove(leftovers, timeout=remaining())
+        leftovers = runtime.node_containers(name, timeout=min(_LIST_TIMEOUT, remaining()))
+    if leftovers:
+        raise KsiError(
+            f"cluster {name} still has containers after teardown: {' '.join(c.name for c in leftovers)}",
+            fix=f"run `ksi cleanup --all` on this node, or `{runtime.name} rm -f` them", step="teardown")

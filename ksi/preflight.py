@@ -1,0 +1,141 @@
+"""Checks that run before ksi creates anything; every problem is reported at once, one line each."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksi import cgroups, proc
+from ksi.errors import (
+    EXIT_PREREQUISITE,
+    EXIT_TOOL_MISSING,
+    EXIT_USAGE,
+    ChecksFailed,
+    KsiError,
+    Problem,
+)
+from ksi.kind import Kind
+from ksi.ports import parse_port
+from ksi.settings import Settings, env_name
+from ksi.state import check_private_dir
+from ksi.workload import Workload, resolve
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the checks established: inputs are valid and the tools are there."""
+
+    workload: Workload
+    shared_dir: Path
+    port: int | None
+    kind_version: tuple[int, int, int]
+    kind_wrapper: tuple[str, ...]
+
+
+def check_shared_dir(text: str) -> Path | Problem:
+    """Return the absolute shared directory, or the problem with it (probed with a temporary file)."""
+    path = Path(text).expanduser().absolute()
+    fix = "give an existing directory you can write to, on a filesystem all nodes share"
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        return Problem(EXIT_USAGE, f"shared directory {str(path)!r} {what}", fix)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ksi-probe-"):
+            pass
+    except OSError as exc:
+        return Problem(EXIT_PREREQUISITE, f"shared directory {str(path)!r} is not writable ({exc.strerror})", fix)
+    return path
+
+
+def run_checks(
+    workload: str,
+    args: Sequence[str],
+    shared_dir: str,
+    port: str | None,
+    settings: Settings,
+    setting_problems: Sequence[Problem],
+    environ: Mapping[str, str],
+    kind_env: Mapping[str, str],
+) -> Plan:
+    """Check inputs, settings, tools and the system; return the Plan or raise ChecksFailed with all problems."""
+    problems: list[Problem] = list(setting_problems)
+
+    resolved = resolve(workload, args)
+    if isinstance(resolved, Problem):
+        problems.append(resolved)
+    shared = check_shared_dir(shared_dir)
+    if isinstance(shared, Problem):
+        problems.append(shared)
+
+    chosen: int | None = None
+    if port is not None:
+        parsed = parse_port(port, "--port")
+    elif environ.get("K8S_PORT"):
+        parsed = parse_port(environ["K8S_PORT"], "K8S_PORT")
+    else:
+        parsed = None
+    if isinstance(parsed, Problem):
+        problems.append(parsed)
+    else:
+        chosen = parsed
+
+    state_problem = check_private_dir(settings.state_dir, create=True)
+    if state_problem is not None:
+        problems.append(state_problem)
+    wrapper = cgroups.scope_wrapper(settings.systemd_scope)
+    problems += system_problems(wrapper, kind_env)
+    version, tool_problems = tool_checks(settings.provider, kind_env)
+    problems += tool_problems
+
+    if problems:
+        raise ChecksFailed(problems)
+    assert isinstance(resolved, Workload) and isinstance(shared, Path)
+    return Plan(resolved, shared, chosen, version, wrapper)
+
+
+def kind_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment kind and the runtime run with: provider explicit, no inherited KUBECONFIG."""
+    env = dict(environ)
+    env.pop("KUBECONFIG", None)  # kind gets --kubeconfig; never fall back to ~/.kube/config
+    env["KIND_EXPERIMENTAL_PROVIDER"] = settings.provider
+    runtime_dir = Path(f"/run/user/{os.getuid()}")
+    if runtime_dir.is_dir() and runtime_dir.stat().st_uid == os.getuid():
+        # srun copies the login node's XDG_RUNTIME_DIR; rootless containerd listens in this node's.
+        env["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    return env
+
+
+def system_problems(wrapper: tuple[str, ...], kind_env: Mapping[str, str]) -> list[Problem]:
+    """Check cgroup v2 and, when kind needs a systemd scope, that systemd-run is there."""
+    problems = []
+    if not cgroups.is_v2():
+        problems.append(Problem(EXIT_PREREQUISITE, "cgroup v2 is not mounted at /sys/fs/cgroup "
+                                "(rootless kind needs the unified hierarchy)",
+                                "boot the node with systemd.unified_cgroup_hierarchy=1 (see setup/README.md)"))
+    if wrapper and proc.which(wrapper[0], kind_env) is None:
+        problems.append(Problem(EXIT_TOOL_MISSING, "this process's cgroup has no delegated cpu/memory/pids "
+                                "controllers and systemd-run is not on PATH",
+                                f"install systemd, or set {env_name('systemd_scope')}=never if delegation is "
+                                "configured otherwise"))
+    return problems
+
+
+def tool_checks(provider: str, kind_env: Mapping[str, str]) -> tuple[tuple[int, int, int], list[Problem]]:
+    """Check that kind (new enough) and the container runtime are on PATH; return kind's version."""
+    problems = []
+    version: tuple[int, int, int] = (0, 0, 0)
+    if proc.which("kind", kind_env) is None:
+        problems.append(Problem(EXIT_TOOL_MISSING, "kind not found on PATH",
+                                "install kind >= v0.23 (see setup/README.md) and put it on PATH"))
+    else:
+        try:
+            version = Kind(kind_env).version()
+        except KsiError as exc:
+            problems.append(Problem(exc.exit_code, exc.message, exc.fix or "install kind >= v0.23"))
+    if proc.which(provider, kind_env) is None:
+        problems.append(Problem(EXIT_TOOL_MISSING, f"{provider} (kind's container runtime) not found on PATH",
+                                f"install rootless {provider} (see setup/README.md)"))
+    return version, problems

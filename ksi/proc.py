@@ -1,0 +1,133 @@
+"""The one place where ksi starts external programs.
+
+Every command is looked up on the PATH of the environment it will run with (built at call time, because
+plumbum copies os.environ once, at import), logged as a line one can paste into a shell, run in its own
+process group under a timeout, and turned into :class:`~ksi.errors.CommandFailed` with argv, exit status,
+stdout and stderr when it fails. Teardown commands run *shielded*: they ignore SIGTERM/SIGINT/SIGHUP so a
+repeated scancel signal cannot cut a ``kind delete`` short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from ksi import log
+from ksi.errors import CommandFailed, CommandTimeout, ToolMissingError
+
+_log = log.get(__name__)
+_KILL_GRACE = 2.0
+_SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command left behind."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def environment(extra: Mapping[str, str] | None = None, *, drop: Sequence[str] = ()) -> dict[str, str]:
+    """Return a copy of the current process environment with ``extra`` set and ``drop`` removed."""
+    env = dict(os.environ)
+    for name in drop:
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Return the absolute path of ``program`` on the PATH of ``env`` (default: the current one)."""
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    return shutil.which(program, path=path)
+
+
+def _ignore_stop_signals() -> None:
+    """Run in the child before exec: ignore the signals scancel and Ctrl-C send (kept across exec)."""
+    for sig in _SHIELDED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Send TERM to the child's process group, then KILL if it is still there after a short grace."""
+    for sig, wait in ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, _KILL_GRACE)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    shielded: bool = False,
+    step: str = "",
+) -> Result:
+    """Run ``argv`` to completion and return its result.
+
+    ``env`` is the child's complete environment (default: the current one). Raises ToolMissingError when the
+    program is not on that environment's PATH, CommandTimeout after ``timeout`` seconds (the process group is
+    killed), and CommandFailed on a non-zero exit when ``check`` is true. If ksi itself is interrupted while
+    waiting, the child's process group is killed before the interruption propagates.
+    """
+    from plumbum import local  # plumbum costs ~40 ms to import; only commands need it
+
+    child_env = dict(env) if env is not None else environment()
+    exe = which(argv[0], child_env)
+    if exe is None:
+        raise ToolMissingError(
+            f"{argv[0]} not found on PATH", fix=f"install {argv[0]} or put it on PATH", step=step
+        )
+    _log.debug("run: %s", shlex.join(argv))
+    started = time.monotonic()
+    popen = local[exe][list(argv[1:])].popen(
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env,
+        process_group=0,
+        preexec_fn=_ignore_stop_signals if shielded else None,
+        encoding="utf-8",
+        errors="replace",
+    )
+    proc = cast("subprocess.Popen[str]", popen)  # plumbum's object delegates to the subprocess.Popen inside
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+        _log.debug("timeout after %.1f s: %s\nstderr: %s", timeout, shlex.join(argv), stderr)
+        raise CommandTimeout(argv, timeout, stdout, stderr, step=step) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    result = Result(tuple(argv), proc.returncode, stdout, stderr, time.monotonic() - started)
+    _log.debug(
+        "exit %d after %.2f s: %s%s%s",
+        result.returncode,
+        result.seconds,
+        argv[0],
+        f"\nstdout: {stdout.strip()}" if stdout.strip() else "",
+        f"\nstderr: {stderr.strip()}" if stderr.strip() else "",
+    )
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result.returncode, stdout, stderr, step=step)
+    return result

@@ -1,0 +1,75 @@
+"""The run directory under the shared directory: 0700, holding config, secrets (0600), logs and run.json."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ksi.errors import PrerequisiteError
+from ksi.state import write_json
+
+RUNS = "ksi-runs"
+KIND_CONFIG = "kind-config.yaml"
+KUBECONFIG = "kubeconfig"
+KSI_LOG = "ksi.log"
+WORKLOAD_LOG = "workload.log"
+RECORD = "run.json"
+SECRETS = (KUBECONFIG,)
+
+
+def create(shared_dir: Path, run_id: str) -> Path:
+    """Create ``<shared_dir>/ksi-runs/<run_id>`` with mode 0700 and return it; refuse one that exists."""
+    runs = shared_dir / RUNS
+    runs.mkdir(exist_ok=True)
+    path = runs / run_id
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise PrerequisiteError(f"run directory {path} exists already", step="rundir",
+                                fix="this should not happen for a fresh name; remove the directory") from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != 0o700:  # a default ACL on the parent can widen it
+        os.chmod(path, 0o700)
+    return path
+
+
+def remove_secrets(run_dir: Path) -> list[str]:
+    """Delete the kubeconfig and other secrets of a finished run, keeping logs; return what was removed."""
+    removed = []
+    for name in SECRETS:
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+            removed.append(name)
+    return removed
+
+
+@dataclass
+class RunRecord:
+    """Machine-readable summary of a run, rewritten atomically as phases complete (run.json)."""
+
+    path: Path
+    cluster: str
+    node: str
+    job_id: str | None
+    port: int | None = None
+    api: str | None = None
+    state: str = "starting"
+    phases: dict[str, float] = field(default_factory=dict)
+    exit_status: int | None = None
+    stop_signal: str | None = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    def save(self, **changes: Any) -> None:
+        """Apply ``changes`` and rewrite run.json."""
+        for key, value in changes.items():
+            setattr(self, key, value)
+        data = asdict(self)
+        data.pop("path")
+        write_json(self.path, data, mode=0o644)

@@ -1,0 +1,71 @@
+"""Adapter for nerdctl (rootless containerd), the runtime behind kind's nerdctl provider."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from ksi import proc
+from ksi.errors import KsiError
+from ksi.runtimes import CLUSTER_LABEL, Container
+
+
+class Nerdctl:
+    """Runs nerdctl; every call goes through :func:`ksi.proc.run`."""
+
+    name = "nerdctl"
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
+
+    def _run(self, *args: str, timeout: float, shielded: bool = False) -> str:
+        return proc.run(["nerdctl", *args], env=self._env, timeout=timeout, shielded=shielded,
+                        step="nerdctl").stdout
+
+    def node_containers(self, cluster: str | None = None, *, timeout: float = 30.0) -> list[Container]:
+        """Run ``nerdctl ps -a --filter label=io.x-k8s.kind.cluster[=NAME]`` and parse its JSON lines."""
+        selector = f"{CLUSTER_LABEL}={cluster}" if cluster else CLUSTER_LABEL
+        out = self._run("ps", "-a", "--no-trunc", "--filter", f"label={selector}", "--format", "{{json .}}",
+                        timeout=timeout, shielded=True)
+        containers = []
+        for line in out.splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as exc:
+                raise KsiError(f"cannot parse `nerdctl ps` output line {line[:80]!r}", step="nerdctl") from exc
+            labels = _labels(entry.get("Labels", ""))
+            containers.append(Container(
+                id=str(entry.get("ID", "")),
+                name=str(entry.get("Names", "")),
+                cluster=labels.get(CLUSTER_LABEL, ""),
+                running=str(entry.get("Status", "")).startswith("Up"),
+            ))
+        return containers
+
+    def remove(self, containers: list[Container], *, timeout: float = 30.0) -> None:
+        """Run ``nerdctl rm -f -v`` on ``containers`` (shielded from stop signals: it is teardown)."""
+        if containers:
+            self._run("rm", "-f", "-v", *[c.id or c.name for c in containers], timeout=timeout, shielded=True)
+
+    def info(self, *, timeout: float = 30.0) -> dict[str, object]:
+        """Run ``nerdctl info --format '{{json .}}'`` and return the parsed object."""
+        out = self._run("info", "--format", "{{json .}}", timeout=timeout)
+        try:
+            data = json.loads(out)
+        except ValueError as exc:
+            raise KsiError("cannot parse `nerdctl info` output", step="nerdctl") from exc
+        return data if isinstance(data, dict) else {}
+
+
+def _labels(value: object) -> dict[str, str]:
+    """Return nerdctl's labels, printed as a dict or as ``k=v,k2=v2``, as a dict."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    labels = {}
+    for item in str(value).split(","):
+        key, sep, val = item.partition("=")
+        if sep:
+            labels[key.strip()] = val
+    return labels

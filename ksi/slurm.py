@@ -1,0 +1,60 @@
+"""Reading the Slurm environment of a task: pure functions from environment variables to values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SlurmContext:
+    """Where this ksi process runs: standalone, in a batch script, or as one task of a step."""
+
+    job_id: str | None
+    step_id: str | None
+    procid: int
+    ntasks: int
+    step_nodes: int
+    nodename: str | None
+    step_nodelist: str | None
+    restart_count: int
+    end_time: int | None
+
+    @property
+    def in_job(self) -> bool:
+        """True inside a Slurm job (batch script or step)."""
+        return self.job_id is not None
+
+    @property
+    def in_step(self) -> bool:
+        """True inside an srun step (a batch script without srun has no step id)."""
+        return self.step_id is not None
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(environ.get(name, ""))
+    except ValueError:
+        return default
+
+
+def context(environ: Mapping[str, str]) -> SlurmContext:
+    """Return the SlurmContext the variables in ``environ`` describe."""
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID") or None
+    step_id = environ.get("SLURM_STEP_ID") or environ.get("SLURM_STEPID") or None
+    if job_id is None:
+        step_id = None
+    ntasks = _int(environ, "SLURM_STEP_NUM_TASKS", 0) or _int(environ, "SLURM_NTASKS", 1) if step_id else 1
+    end_raw = _int(environ, "SLURM_JOB_END_TIME", 0)
+    return SlurmContext(
+        job_id=job_id if job_id and re.fullmatch(r"[0-9_]+", job_id) else None,
+        step_id=step_id,
+        procid=_int(environ, "SLURM_PROCID", 0) if step_id else 0,
+        ntasks=max(ntasks, 1),
+        step_nodes=max(_int(environ, "SLURM_STEP_NUM_NODES", 1), 1) if step_id else 1,
+        nodename=environ.get("SLURMD_NODENAME") or None,
+        step_nodelist=environ.get("SLURM_STEP_NODELIST") if step_id else None,
+        restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
+        end_time=end_raw or None,
+    )
