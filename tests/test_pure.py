@@ -1,0 +1,283 @@
+"""Pure functions from data to data: settings, Slurm environment, names, kind config, kubeconfig, cgroups."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ksi import cgroups, kindconfig, names, settings
+from ksi.errors import EXIT_PREREQUISITE, EXIT_USAGE, KsiError, Problem
+from ksi.kind import parse_version
+from ksi.kubeconfig import add_cluster_context, server
+from ksi.ports import parse_port
+from ksi.slurm import context
+from ksi.state import check_private_dir, process_start
+from ksi.workload import Workload, resolve
+
+DATA = Path(__file__).parent / "data"
+
+NASTY_NAMES = ["plain", "with space", "quote'single", 'quote"double', "semi; echo pwned", "new\nline",
+               "dollar $HOME", "back\\slash", "ünïcødé", "-leading-dash"]
+
+
+# --- settings ---------------------------------------------------------------------------------------------
+
+def test_settings_defaults_without_environment() -> None:
+    loaded, problems = settings.load({})
+    assert problems == []
+    assert loaded.provider == "nerdctl"
+    assert loaded.systemd_scope == "auto"
+    assert loaded.token_ttl >= 24 * 3600
+    assert loaded.teardown_timeout < 30  # below Slurm's default KillWait
+    assert loaded.state_dir == Path(f"/tmp/ksi-{os.getuid()}")
+    assert "@sha256:" in loaded.node_image
+
+
+def test_settings_environment_and_overrides_take_precedence() -> None:
+    env = {"KSI_SYSTEMD_SCOPE": "never", "KSI_TOKEN_TTL": "7200", "KSI_NODE_IMAGE": "from-env"}
+    loaded, problems = settings.load(env, {"node_image": "from-flag"})
+    assert problems == []
+    assert (loaded.systemd_scope, loaded.token_ttl, loaded.node_image) == ("never", 7200, "from-flag")
+
+
+def test_settings_report_every_bad_value_at_once() -> None:
+    env = {"KIND_EXPERIMENTAL_PROVIDER": "docker", "KSI_CREATE_TIMEOUT": "-3", "KSI_TOKEN_TTL": "10",
+           "KSI_STATE_DIR": "relative/dir", "KSI_CLEAN_STALE": "maybe"}
+    _, problems = settings.load(env)
+    assert len(problems) == 5
+    text = "\n".join(p.one_line() for p in problems)
+    for name in env:
+        assert name in text
+    assert all(p.code == EXIT_USAGE for p in problems)
+    assert "must be one of nerdctl" in text
+
+
+# --- Slurm environment ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, dict(job_id=None, step_id=None, procid=0, ntasks=1, step_nodes=1, in_job=False)),
+    ({"SLURM_JOB_ID": "42"}, dict(job_id="42", step_id=None, procid=0, ntasks=1, in_job=True, in_step=False)),
+    ({"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "2", "SLURM_NTASKS": "3",
+      "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NODELIST": "n[1-3]", "SLURMD_NODENAME": "n3"},
+     dict(procid=2, ntasks=3, step_nodes=3, step_nodelist="n[1-3]", nodename="n3", in_step=True)),
+    # a batch script (no step): the job's task counts do not describe ksi's own layout
+    ({"SLURM_JOB_ID": "42", "SLURM_NTASKS": "6", "SLURM_PROCID": "0"}, dict(ntasks=1, step_nodes=1)),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "1", "SLURM_RESTART_COUNT": "2", "SLURM_JOB_END_TIME": "1900000000"},
+     dict(restart_count=2, end_time=1900000000)),
+    ({"SLURM_JOB_ID": "../evil"}, dict(job_id=None)),
+])
+def test_slurm_context(env: dict[str, str], expected: dict[str, object]) -> None:
+    ctx = context(env)
+    for key, value in expected.items():
+        assert getattr(ctx, key) == value, key
+
+
+# --- names ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("job", [None, "1234", "999999999999", "12_3"])
+def test_cluster_names_are_valid_for_kind(job: str | None) -> None:
+    name = names.cluster_name(job)
+    assert names.is_valid(name)
+    assert names.is_ksi_cluster(name)
+    assert name.startswith(f"ksi-{(job or 'local').replace('_', '')}-")
+    assert len(name) <= names.MAX_LENGTH
+
+
+def test_cluster_names_do_not_collide() -> None:
+    generated = {names.cluster_name("1") for _ in range(20000)}
+    assert len(generated) == 20000
+
+
+@pytest.mark.parametrize("name", ["kind", "ksi-local", "ksi-local-abc", "ksi-1-ABCDEF", "my-ksi-1-abcdef"])
+def test_foreign_cluster_names_are_not_ksi(name: str) -> None:
+    assert not names.is_ksi_cluster(name)
+
+
+# --- ports ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "ok"), [("30000", True), ("32767", True), (" 31000 ", True), ("29999", False),
+                                          ("32768", False), ("80", False), ("abc", False), ("", False),
+                                          ("3.1e4", False)])
+def test_parse_port(text: str, ok: bool) -> None:
+    parsed = parse_port(text, "K8S_PORT")
+    if ok:
+        assert parsed == int(text)
+    else:
+        assert isinstance(parsed, Problem)
+        assert "K8S_PORT" in parsed.message and "30000-32767" in parsed.fix
+
+
+# --- kind config ------------------------------------------------------------------------------------------
+
+def _config(shared: Path, udp: tuple[int, ...] = ()) -> kindconfig.KindConfig:
+    return kindconfig.KindConfig("ksi-local-abc123", shared, 31234, "kindest/node:v1.37.0@sha256:0", "127.0.0.1", udp)
+
+
+def test_kind_config_matches_recorded_file() -> None:
+    """The rendered config is reviewed as a file; a change to the template shows up as a diff here."""
+    rendered = kindconfig.render(_config(Path("/shared/project"), udp=(31235,)))
+    golden = DATA / "kind-config.golden.yaml"
+    if os.environ.get("KSI_ACCEPT_RECORDED") == "1":
+        golden.write_text(rendered)
+    expected = golden.read_text()
+    diff = "".join(difflib.unified_diff(expected.splitlines(True), rendered.splitlines(True), "recorded", "rendered"))
+    assert not diff, f"kind config changed; if intended, rerun with KSI_ACCEPT_RECORDED=1:\n{diff}"
+
+
+@pytest.mark.parametrize("nasty", NASTY_NAMES)
+def test_kind_config_keeps_nasty_paths_intact(nasty: str) -> None:
+    shared = Path("/shared") / nasty / "dir"
+    data = kindconfig.parse(kindconfig.render(_config(shared)))
+    assert data["nodes"][0]["extraMounts"] == [{"hostPath": str(shared), "containerPath": "/app"}]
+    assert kindconfig.check(data, _config(shared)) == []
+
+
+def test_kind_config_check_reports_every_difference() -> None:
+    data = kindconfig.parse(kindconfig.render(_config(Path("/a"))))
+    data["nodes"][0]["extraPortMappings"][0]["containerPort"] = 80
+    data["networking"]["apiServerAddress"] = "0.0.0.0"
+    problems = kindconfig.check(data, _config(Path("/b")))
+    assert len(problems) == 3, problems
+
+
+# --- kubeconfig -------------------------------------------------------------------------------------------
+
+def _kind_kubeconfig(name: str, **cluster_extra: object) -> dict[str, object]:
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": f"kind-{name}",
+        "clusters": [{"name": f"kind-{name}", "cluster": {"server": "https://127.0.0.1:40000",
+                                                        "certificate-authority-data": "Q0E=", **cluster_extra}}],
+        "users": [{"name": f"kind-{name}", "user": {"client-certificate-data": "Y2VydA=="}}],
+        "contexts": [{"name": f"kind-{name}", "context": {"cluster": f"kind-{name}", "user": f"kind-{name}"}}],
+    }
+
+
+def test_kubeconfig_gets_a_context_named_like_the_cluster() -> None:
+    original = _kind_kubeconfig("ksi-local-abc123")
+    updated = add_cluster_context(original, "ksi-local-abc123")
+    assert updated["current-context"] == "ksi-local-abc123"
+    names_ = [c["name"] for c in updated["contexts"]]
+    assert names_ == ["kind-ksi-local-abc123", "ksi-local-abc123"]  # kind's own stays for `kind delete`
+    assert server(updated, "ksi-local-abc123") == "https://127.0.0.1:40000"
+    assert original["current-context"] == "kind-ksi-local-abc123"  # input untouched
+    assert add_cluster_context(updated, "ksi-local-abc123") == updated  # idempotent
+
+
+def test_kubeconfig_without_tls_verification_is_refused() -> None:
+    config = add_cluster_context(_kind_kubeconfig("c", **{"insecure-skip-tls-verify": True}), "c")
+    with pytest.raises(KsiError, match="disables TLS verification"):
+        server(config, "c")
+
+
+def test_kubeconfig_missing_kind_context_is_an_error() -> None:
+    with pytest.raises(KsiError, match="no context named 'kind-other'"):
+        add_cluster_context(_kind_kubeconfig("c"), "other")
+
+
+# --- kind version -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("kind v0.27.0 go1.23.4 linux/amd64", (0, 27, 0)),
+    ("kind v0.23.0-alpha+abc go1.22 linux/arm64", (0, 23, 0)),
+    ("kind version 0.1", None),
+])
+def test_kind_version_parsing(text: str, version: tuple[int, int, int] | None) -> None:
+    assert parse_version(text) == version
+
+
+# --- cgroups ----------------------------------------------------------------------------------------------
+
+def _stage_cgroup(tmp_path: Path, own: str, controllers: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    (root / own.lstrip("/")).mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
+    (root / own.lstrip("/") / "cgroup.controllers").write_text(controllers + "\n")
+    proc_self = tmp_path / "proc-self-cgroup"
+    proc_self.write_text(f"0::{own}\n")
+    return root, proc_self
+
+
+@pytest.mark.parametrize(("setting", "controllers", "wrapped"), [
+    ("auto", "cpu memory pids", False),
+    ("auto", "memory pids", True),  # no cpu controller delegated: the Slurm step case
+    ("always", "cpu memory pids", True),
+    ("never", "", False),
+])
+def test_systemd_scope_decision(tmp_path: Path, setting: str, controllers: str, wrapped: bool) -> None:
+    root, proc_self = _stage_cgroup(tmp_path, "/user.slice/user-1000.slice/session-1.scope", controllers)
+    wrapper = cgroups.scope_wrapper(setting, root, proc_self)
+    assert bool(wrapper) == wrapped
+    if wrapped:
+        assert wrapper[:3] == ("systemd-run", "--user", "--scope")
+        assert "--property=Delegate=yes" in wrapper
+
+
+def test_cgroup_v1_is_not_v2(tmp_path: Path) -> None:
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    assert not cgroups.is_v2(tmp_path)
+    assert cgroups.is_v2(tmp_path / "unified")
+
+
+# --- workload resolution ----------------------------------------------------------------------------------
+
+def test_workload_resolution(tmp_path: Path) -> None:
+    executable = tmp_path / "run me.sh"
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    text = tmp_path / "plain.sh"
+    text.write_text("echo hi\n")
+    text.chmod(0o644)
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\x7fELF\0\0\0")
+    binary.chmod(0o644)
+
+    assert resolve(str(executable), ["a b"]) == Workload(executable, (str(executable), "a b"), via_bash=False)
+    assert resolve(str(text), []) == Workload(text, ("bash", str(text)), via_bash=True)
+    for path, message in ((tmp_path / "missing.sh", "does not exist"), (tmp_path, "is a directory"),
+                          (binary, "binary without execute permission")):
+        problem = resolve(str(path), [])
+        assert isinstance(problem, Problem), path
+        assert message in problem.message and problem.code == EXIT_USAGE
+
+
+# --- node-local state -------------------------------------------------------------------------------------
+
+def test_state_dir_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    assert check_private_dir(path, create=True) is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+def test_state_dir_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    problem = check_private_dir(path, create=True)
+    assert problem is not None and problem.code == EXIT_PREREQUISITE
+    assert "chmod 700" in problem.fix
+
+
+def test_state_dir_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "state").symlink_to(tmp_path / "elsewhere")
+    problem = check_private_dir(tmp_path / "state", create=True)
+    assert problem is not None and "symlink" in problem.message
+
+
+def test_process_start_identifies_this_process() -> None:
+    start = process_start(os.getpid())
+    assert isinstance(start, int) and start > 0
+    assert process_start(2**22 + 12345) is None
+    assert re.fullmatch(r"\d+", str(start))
+
+
+def test_recorded_kind_config_is_valid_yaml() -> None:
+    data = yaml.safe_load((DATA / "kind-config.golden.yaml").read_text())
+    assert data["kind"] == "Cluster"
