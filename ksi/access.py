@@ -122,3 +122,25 @@ def _retry(call: Any, what: str) -> Any:
             _log.debug("%s: %s; retrying in %.1f s", what, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+VIRTUAL_NODE_SELECTOR = "liqo.io/type=virtual-node"
+REMOTE_CLUSTER_LABEL = "liqo.io/remote-cluster-id"
+
+
+def ready_virtual_nodes(kubeconfig: Path, context: str) -> set[str]:
+    """Return the remote cluster ids of the Liqo virtual nodes that are Ready in this cluster."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), context=context)
+    with api_client:
+        nodes = _retry(lambda: client.CoreV1Api(api_client).list_node(
+            label_selector=VIRTUAL_NODE_SELECTOR, _request_timeout=_REQUEST_TIMEOUT), "list virtual nodes")
+    ready = set()
+    for node in nodes.items:
+        conditions = node.status.conditions if node.status and node.status.conditions else []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            labels = node.metadata.labels or {}
+            ready.add(labels.get(REMOTE_CLUSTER_LABEL, node.metadata.name))
+    return ready

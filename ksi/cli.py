@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, node: str) -> int:
+    from ksi import multinode
     from ksi.run import RunOptions, run
     from ksi.signals import SignalGuard
 
@@ -81,9 +82,11 @@ def _run(args: argparse.Namespace, node: str) -> int:
     options = RunOptions(args.workload, tuple(extra), args.shared_dir, args.port, overrides)
     guard = SignalGuard()
     environ = dict(os.environ)
+    slurm = context(environ)
+    runner = multinode.run if slurm.in_step and slurm.step_nodes > 1 else run
     with guard.installed():
         try:
-            return run(options, context(environ), node, guard, environ)
+            return runner(options, slurm, node, guard, environ)
         except Interrupted as exc:
             _log.info("stopped by %s during %s; cluster torn down", exc.message.split()[1], exc.step)
             return exc.exit_code

@@ -73,36 +73,38 @@ class PortReservations:
             path.unlink()
         return None
 
-    def reserve(self, port: int | None, cluster: str, *, udp: tuple[int, ...] = ()) -> int:
+    def reserve(self, port: int | None, cluster: str, *, udp: bool = False) -> int:
         """Reserve ``port`` (or a random free one when None) for ``cluster`` and return it.
 
         A given port must be free and unreserved; a random one is drawn from the whole range so that two
-        runs starting together do not walk the range in step. ``udp`` are extra ports that must be free
-        for UDP too (the Liqo gateway).
+        runs starting together do not walk the range in step. With ``udp`` the port must be free for UDP
+        (the Liqo gateway) instead of TCP.
         """
+        proto = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+        what = "UDP port" if udp else "K8S_PORT"
         self.dir.mkdir(mode=0o700, exist_ok=True)
         me = ProcessId.current()
         with node_lock(self._lock, self._timeout, "port reservations"):
             if port is not None:
                 holder = self._holder(port)
                 if holder is not None:
-                    raise UsageError(f"K8S_PORT {port} is reserved by ksi cluster {holder.get('cluster')}",
+                    raise UsageError(f"{what} {port} is reserved by ksi cluster {holder.get('cluster')}",
                                      fix="choose another port, or leave K8S_PORT unset", step="port")
-                if not bindable(port):
-                    raise UsageError(f"K8S_PORT {port} is already in use on this node",
+                if not bindable(port, proto):
+                    raise UsageError(f"{what} {port} is already in use on this node",
                                      fix="choose another port, or leave K8S_PORT unset", step="port")
                 chosen = port
             else:
-                chosen = self._pick()
+                chosen = self._pick(proto)
             write_json(self.dir / str(chosen), {"pid": me.pid, "start": me.start, "cluster": cluster})
         _log.debug("reserved port %d for %s", chosen, cluster)
         return chosen
 
-    def _pick(self) -> int:
+    def _pick(self, proto: int) -> int:
         candidates = list(range(PORT_MIN, PORT_MAX + 1))
         random.shuffle(candidates)
         for candidate in candidates:
-            if self._holder(candidate) is None and bindable(candidate):
+            if self._holder(candidate) is None and bindable(candidate, proto):
                 return candidate
         raise KsiError(f"no free port left in {PORT_MIN}-{PORT_MAX} on this node",
                        fix="remove stale clusters with `ksi cleanup`", step="port")

@@ -18,6 +18,8 @@ from ksi.errors import (
     Problem,
 )
 from ksi.kind import Kind
+from ksi.liqo import Liqoctl
+from ksi.netaddr import node_address
 from ksi.ports import parse_port
 from ksi.settings import Settings, env_name
 from ksi.state import check_private_dir
@@ -33,6 +35,7 @@ class Plan:
     port: int | None
     kind_version: tuple[int, int, int]
     kind_wrapper: tuple[str, ...]
+    node_address: str = "127.0.0.1"
 
 
 def check_shared_dir(text: str) -> Path | Problem:
@@ -59,6 +62,8 @@ def run_checks(
     setting_problems: Sequence[Problem],
     environ: Mapping[str, str],
     kind_env: Mapping[str, str],
+    *,
+    multinode: bool = False,
 ) -> Plan:
     """Check inputs, settings, tools and the system; return the Plan or raise ChecksFailed with all problems."""
     problems: list[Problem] = list(setting_problems)
@@ -89,11 +94,19 @@ def run_checks(
     problems += system_problems(wrapper, kind_env)
     version, tool_problems = tool_checks(settings.provider, kind_env)
     problems += tool_problems
+    address = "127.0.0.1"
+    if multinode:
+        found = node_address(settings.node_address)
+        if found is None:
+            problems.append(Problem(EXIT_PREREQUISITE, "cannot tell this node's address (no IPv4 default route)",
+                                    f"set {env_name('node_address')} to the address other nodes reach this one at"))
+        address = found or address
+        problems += liqo_problems(kind_env)
 
     if problems:
         raise ChecksFailed(problems)
     assert isinstance(resolved, Workload) and isinstance(shared, Path)
-    return Plan(resolved, shared, chosen, version, wrapper)
+    return Plan(resolved, shared, chosen, version, wrapper, address)
 
 
 def kind_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -139,3 +152,19 @@ def tool_checks(provider: str, kind_env: Mapping[str, str]) -> tuple[tuple[int, 
         problems.append(Problem(EXIT_TOOL_MISSING, f"{provider} (kind's container runtime) not found on PATH",
                                 f"install rootless {provider} (see setup/README.md)"))
     return version, problems
+
+
+def liqo_problems(kind_env: Mapping[str, str]) -> list[Problem]:
+    """Check that liqoctl v1 is on PATH (needed to peer the nodes of a multi-node run)."""
+    fix = "install liqoctl v1.x (see setup/README.md) and put it on PATH"
+    if proc.which("liqoctl", kind_env) is None:
+        return [Problem(EXIT_TOOL_MISSING, "liqoctl not found on PATH (a multi-node run peers its clusters with Liqo)",
+                        fix)]
+    try:
+        version = Liqoctl(kind_env).version()
+    except KsiError as exc:
+        return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
+    if version is None or version[0] != 1:
+        shown = "unknown" if version is None else "v" + ".".join(map(str, version))
+        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {shown} is not a Liqo v1 client", fix)]
+    return []

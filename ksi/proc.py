@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from ksi.errors import CommandFailed, CommandTimeout, ToolMissingError
 
 _log = log.get(__name__)
 _KILL_GRACE = 2.0
+_live: set[subprocess.Popen[str]] = set()  # children of every thread, for terminate_all()
+_live_lock = threading.Lock()
 _SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -109,6 +112,8 @@ def run(
         errors="replace",
     )
     proc = cast("subprocess.Popen[str]", popen)  # plumbum's object delegates to the subprocess.Popen inside
+    with _live_lock:
+        _live.add(proc)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -119,6 +124,9 @@ def run(
     except BaseException:
         _kill_group(proc)
         raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
     result = Result(tuple(argv), proc.returncode, stdout, stderr, time.monotonic() - started)
     _log.debug(
         "exit %d after %.2f s: %s%s%s",
@@ -131,3 +139,13 @@ def run(
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, stdout, stderr, step=step)
     return result
+
+
+def terminate_all() -> None:
+    """Kill the process groups of every command still running in any thread (before teardown starts)."""
+    with _live_lock:
+        running = list(_live)
+    for child in running:
+        if child.poll() is None:
+            _log.debug("killing unfinished command (pid %d)", child.pid)
+            _kill_group(child)

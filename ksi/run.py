@@ -154,9 +154,9 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
     """Run the workload against a fresh cluster on this node and tear everything down; return the status."""
     phases = Phases()
     started = time.monotonic()
-    if slurm.ntasks > 1 or slurm.step_nodes > 1:
-        raise UsageError(f"this step has {slurm.ntasks} tasks on {slurm.step_nodes} nodes; ksi runs one "
-                         "task on one node", fix="use `srun -N1 -n1 ksi run ...`", step="checks")
+    if slurm.ntasks > 1:
+        raise UsageError(f"this step runs {slurm.ntasks} tasks on one node; ksi needs exactly one task per node",
+                         fix="use srun -N1 -n1 ksi run ... (or -N<nodes> --ntasks-per-node=1)", step="checks")
     settings, setting_problems = settings_mod.load(environ, opts.overrides)
     kind_env = kind_environment(settings, environ)
     plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, setting_problems,
@@ -224,6 +224,8 @@ def finish(teardown: Teardown, phases: Phases, record: rundir.RunRecord | None, 
     Raises KsiError when the teardown failed after an otherwise successful run: a cluster that may have
     outlived the run must not look like success.
     """
+    if record is not None:
+        record.save(state="teardown", phases=phases.seconds)
     with phases.phase("teardown"):
         ok = teardown.run()
     if ok:

@@ -42,6 +42,13 @@ class Settings:
     lock_timeout: float = 900.0  # KSI_LOCK_TIMEOUT: wait for the node-local `kind create` lock
     state_dir: Path = Path()  # KSI_STATE_DIR: node-local state (default /tmp/ksi-UID)
     clean_stale: bool = True  # KSI_CLEAN_STALE: remove this user's stale clusters before creating
+    # Multi-node runs (srun -N2 and more):
+    rendezvous_timeout: float = 120.0  # KSI_RENDEZVOUS_TIMEOUT: for every node to appear in the run directory
+    leader_timeout: float = 60.0  # KSI_LEADER_TIMEOUT: a silent leader (or follower) is declared dead after it
+    install_timeout: float = 600.0  # KSI_INSTALL_TIMEOUT: `liqoctl install kind`
+    peer_timeout: float = 600.0  # KSI_PEER_TIMEOUT: `liqoctl peer` plus the virtual node becoming Ready
+    liqo_chart: str = ""  # KSI_LIQO_CHART: local Helm chart for nodes without internet access
+    node_address: str = ""  # KSI_NODE_ADDRESS: this node's address (default: the one of its default route)
 
 
 _ENV: dict[str, str] = {
@@ -56,6 +63,12 @@ _ENV: dict[str, str] = {
     "lock_timeout": "KSI_LOCK_TIMEOUT",
     "state_dir": "KSI_STATE_DIR",
     "clean_stale": "KSI_CLEAN_STALE",
+    "rendezvous_timeout": "KSI_RENDEZVOUS_TIMEOUT",
+    "leader_timeout": "KSI_LEADER_TIMEOUT",
+    "install_timeout": "KSI_INSTALL_TIMEOUT",
+    "peer_timeout": "KSI_PEER_TIMEOUT",
+    "liqo_chart": "KSI_LIQO_CHART",
+    "node_address": "KSI_NODE_ADDRESS",
 }
 
 
@@ -103,6 +116,24 @@ def _state_dir(text: str) -> Path:
     return path
 
 
+def _existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise ValueError("is not an existing directory (a local copy of Liqo's Helm chart)")
+    return text
+
+
+def _ipv4(text: str) -> str:
+    import ipaddress
+
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError("is not an IPv4 address") from None
+    if address.is_loopback or address.is_unspecified:
+        raise ValueError("must be an address other nodes can reach, not loopback or 0.0.0.0")
+    return text
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "provider": _choice(PROVIDERS),
     "node_image": lambda text: text if text.strip() else _raise("must not be empty"),
@@ -115,6 +146,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "lock_timeout": _seconds,
     "state_dir": _state_dir,
     "clean_stale": _bool,
+    "rendezvous_timeout": _seconds,
+    "leader_timeout": _seconds,
+    "install_timeout": _seconds,
+    "peer_timeout": _seconds,
+    "liqo_chart": _existing_dir,
+    "node_address": _ipv4,
 }
 
 

@@ -33,7 +33,7 @@ class SignalGuard:
         if self.armed:
             self.armed = False  # one-shot: a second signal must not interrupt the teardown it started
             raise Interrupted(signum, name)
-        _log.info("received %s again; teardown continues", name)
+        _log.info("received %s during teardown; teardown continues", name)
 
     def disarm(self) -> None:
         """From now on, signals are only noted (call this when teardown begins)."""

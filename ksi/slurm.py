@@ -58,3 +58,20 @@ def context(environ: Mapping[str, str]) -> SlurmContext:
         restart_count=_int(environ, "SLURM_RESTART_COUNT", 0),
         end_time=end_raw or None,
     )
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm hostlist such as ``n[01-03,7],gpu1`` into node names (zero padding kept)."""
+    names: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", nodelist):
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if match is None:
+            names.append(item)
+            continue
+        prefix, ranges, rest = match.groups()
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            width = len(low)
+            for number in range(int(low), int(high or low) + 1):
+                names.extend(f"{prefix}{number:0{width}d}{tail}" for tail in expand_nodelist(rest) or [""])
+    return names

@@ -1,0 +1,216 @@
+"""Rendezvous of the nodes of one srun step through files in the shared directory.
+
+Built for NFS, Lustre and GPFS, where flock may be node-local and "file not found" is cached: each rank
+writes only its own files (temporary name, fsync, rename), phases are separate files that only appear,
+every file carries the run's nonce (a stale directory of an earlier run of the same job id is never
+mistaken for this one), any rank may write the abort file (the first one wins), and readers open files
+by exact name on every poll. Liveness is a counter each rank rewrites, judged on the reader's own
+monotonic clock, never by timestamps from another node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ksi import log
+from ksi.errors import KsiError
+from ksi.state import read_json, write_json
+
+LEADER = "leader.json"
+ABORT = "abort.json"
+PEERED = "peered.json"
+DONE = "done.json"
+POLL = 0.1  # seconds between reads of a file another node is expected to write
+HEARTBEAT = 1.0  # seconds between heartbeat rewrites
+FRESH_WINDOW = 300.0  # a leader.json started this long before us is suspected stale until its heartbeat moves
+
+_log = log.get(__name__)
+T = TypeVar("T")
+
+
+def hello(rank: int) -> str:
+    """Return the file a rank writes as soon as it has joined."""
+    return f"hello.{rank}.json"
+
+
+def ready(rank: int) -> str:
+    """Return the file a rank writes when its cluster is up and Liqo is installed."""
+    return f"ready.{rank}.json"
+
+
+def heartbeat(rank: int) -> str:
+    """Return the heartbeat file of a rank."""
+    return f"heartbeat.{rank}.json"
+
+
+class Aborted(KsiError):
+    """Another node wrote the abort file: it names the node, the phase and the reason."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        node, phase, reason = record.get("node", "?"), record.get("phase", "?"), record.get("reason", "?")
+        super().__init__(f"run aborted by {node} during {phase}: {reason}", step="rendezvous")
+        self.exit_code = int(record.get("exit_code", 1)) or 1
+
+
+class Rendezvous:
+    """One run's directory ``<shared>/ksi-runs/<job>.<step>.<restart>`` as seen by one rank."""
+
+    def __init__(self, path: Path, rank: int, node: str, nonce: str) -> None:
+        self.path = path
+        self.rank = rank
+        self.node = node
+        self.nonce = nonce
+
+    @staticmethod
+    def location(shared_dir: Path, job_id: str, step_id: str, restart: int) -> Path:
+        """Return the directory every rank of this step derives from its Slurm environment."""
+        return shared_dir / "ksi-runs" / f"{job_id}.{step_id}.{restart}"
+
+    @classmethod
+    def create(cls, path: Path, node: str) -> Rendezvous:
+        """Create the directory as the leader (rank 0), moving a stale one of an earlier run aside."""
+        path.parent.mkdir(exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            stale = path.with_name(f"{path.name}.stale-{secrets.token_hex(4)}")
+            os.rename(path, stale)  # atomic; keeps the earlier run's logs
+            _log.info("rendezvous: moved a stale run directory of this job id aside to %s", stale)
+            path.mkdir(mode=0o700)
+        return cls(path, 0, node, secrets.token_hex(8))
+
+    def publish(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Write this rank's file ``name`` atomically, stamped with nonce, rank and node."""
+        write_json(self.path / name, {**(data or {}), "nonce": self.nonce, "rank": self.rank, "node": self.node})
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        """Return file ``name`` if it exists and belongs to this run (same nonce)."""
+        data = read_json(self.path / name)
+        if isinstance(data, dict) and data.get("nonce") == self.nonce:
+            return data
+        return None
+
+    def abort(self, phase: str, reason: str, exit_code: int = 1) -> None:
+        """Write the abort file unless another rank was first (hard link: atomic, first one wins)."""
+        tmp = self.path / f".abort.{self.rank}.{secrets.token_hex(4)}"
+        try:
+            write_json(tmp, {"nonce": self.nonce, "rank": self.rank, "node": self.node, "phase": phase,
+                             "reason": reason, "exit_code": exit_code})
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, self.path / ABORT)
+        except OSError as exc:
+            _log.warning("rendezvous: could not write the abort file: %s", exc)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def check_abort(self) -> None:
+        """Raise Aborted if any rank of this run has aborted it."""
+        record = self.read(ABORT)
+        if record is not None:
+            raise Aborted(record)
+
+    def wait(self, what: str, probe: Callable[[], T | None], timeout: float,
+             on_timeout: Callable[[], KsiError], *, check: Callable[[], None] | None = None) -> T:
+        """Poll ``probe`` until it returns a value; check for an abort (and ``check``) on every round."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_abort()
+            value = probe()
+            if value is not None:
+                return value
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                _log.debug("rendezvous: gave up waiting for %s after %.0f s", what, timeout)
+                raise on_timeout()
+            time.sleep(POLL)
+
+
+def join(path: Path, rank: int, node: str, started: float, timeout: float, leader_node: str) -> Rendezvous:
+    """Wait as a follower for this run's leader.json and return the rendezvous it announces.
+
+    A leader.json whose start lies more than FRESH_WINDOW before ours is taken only once its heartbeat
+    moves: it may be the leftover of an earlier run of the same job id, which the leader moves aside.
+    """
+    deadline = time.monotonic() + timeout
+    suspects: dict[str, tuple[int, float]] = {}
+    while True:
+        data = read_json(path / LEADER)
+        if isinstance(data, dict) and isinstance(data.get("nonce"), str):
+            nonce = data["nonce"]
+            if float(data.get("started", 0)) >= started - FRESH_WINDOW:
+                return Rendezvous(path, rank, node, nonce)
+            beat = read_json(path / heartbeat(0))
+            count = int(beat.get("count", -1)) if isinstance(beat, dict) and beat.get("nonce") == nonce else -1
+            first = suspects.setdefault(nonce, (count, time.monotonic()))
+            if count != first[0]:
+                return Rendezvous(path, rank, node, nonce)
+        if time.monotonic() > deadline:
+            raise KsiError(
+                f"the leader ({leader_node}) did not announce the run in {path} within {timeout:g} s",
+                fix="the directory may not be shared across nodes (it must be on NFS, Lustre, GPFS...); "
+                    "raise KSI_RENDEZVOUS_TIMEOUT if the filesystem is slow",
+                step="rendezvous")
+        time.sleep(POLL)
+
+
+class Heartbeat:
+    """A thread that rewrites this rank's heartbeat file with an increasing counter."""
+
+    def __init__(self, rendezvous: Rendezvous, interval: float = HEARTBEAT) -> None:
+        self._rdv = rendezvous
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        count = 0
+        while True:
+            with contextlib.suppress(OSError):
+                self._rdv.publish(heartbeat(self._rdv.rank), {"count": count})
+            count += 1
+            if self._stop.wait(self._interval):
+                return
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating (the last beat stays on disk)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class _Seen:
+    count: int
+    since: float
+
+
+class Liveness:
+    """Tracks other ranks' heartbeats on this node's monotonic clock."""
+
+    def __init__(self, rendezvous: Rendezvous, ranks: Iterable[int]) -> None:
+        self._rdv = rendezvous
+        now = time.monotonic()
+        self._seen = {rank: _Seen(-1, now) for rank in ranks}
+
+    def silent(self, timeout: float) -> list[int]:
+        """Return the ranks whose heartbeat has not moved for ``timeout`` seconds."""
+        now = time.monotonic()
+        for rank, seen in self._seen.items():
+            beat = self._rdv.read(heartbeat(rank))
+            count = int(beat.get("count", -1)) if beat else -1
+            if count != seen.count:
+                seen.count, seen.since = count, now
+        return [rank for rank, seen in self._seen.items() if now - seen.since > timeout]
