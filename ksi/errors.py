@@ -23,6 +23,9 @@ class KsiError(Exception):
         self.fix = fix
         self.step = step
 
+    def __str__(self) -> str:
+        return self.message
+
     def one_line(self) -> str:
         """Return the message with its step and fix, as printed on the console."""
         where = f"{self.step}: " if self.step else ""
