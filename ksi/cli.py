@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from ksi import __version__, log
-from ksi.errors import EXIT_FAILURE, EXIT_USAGE, ChecksFailed, Interrupted, KsiError
+from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, EXIT_USAGE, ChecksFailed, Interrupted, KsiError, UsageError
+from ksi.settings import Settings
 from ksi.slurm import context
 
 _log = log.get(__name__)
@@ -25,18 +26,49 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="create a cluster, run a workload against it, tear it down",
         description="Create a rootless kind cluster, run WORKLOAD with K8S_CLUSTER_NAME, K8S_CLUSTER_API, "
         "K8S_CLUSTER_API_TOKEN, K8S_PORT, KUBECONFIG and KSI_RUN_DIR set, and delete the cluster "
-        "afterwards, whatever happens. Arguments after `--` go to the workload.")
+        "afterwards, whatever happens. Arguments after `--` go to the workload.",
+        usage="%(prog)s [options] WORKLOAD [SHARED_DIR] [-- ARGS...]")
     run.add_argument("workload", metavar="WORKLOAD", help="script or program to run")
     run.add_argument("shared_dir", metavar="SHARED_DIR", nargs="?", default=".",
                      help="directory shared by all nodes; mounted at /app (default: current directory)")
-    run.add_argument("workload_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
-                     help="arguments passed to the workload")
     run.add_argument("-p", "--port", help="K8S_PORT, a host port in 30000-32767 (default: $K8S_PORT, "
                      "else a random free one)")
     run.add_argument("--node-image", help="kind node image (default: $KSI_NODE_IMAGE, else the pinned one)")
     run.add_argument("--systemd-scope", choices=("auto", "always", "never"),
                      help="run kind under `systemd-run --user --scope` (default: $KSI_SYSTEMD_SCOPE or auto)")
     run.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+
+    listing = commands.add_parser(
+        "list", help="list your ksi clusters on this node and whether their job or process is alive",
+        description="List the clusters ksi created on this node for you: name, Slurm job (or standalone "
+        "process), state (running: its job or ksi process is alive; stale: both are gone; unknown: found "
+        "through kind and the container label but without a readable record), age, K8S_PORT, run directory.")
+    listing.add_argument("--json", action="store_true", help="print a JSON array of objects instead of a table")
+    listing.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+
+    clean = commands.add_parser(
+        "cleanup", help="delete your stale (or selected) ksi clusters on this node",
+        description="Delete ksi clusters of yours on this node with the same verified teardown as `ksi run`, "
+        "release their ports and remove their secrets (logs are kept). Never touches a cluster of a running "
+        "job unless that job is named, another user's clusters, clusters ksi did not create, or kind's "
+        "network. Safe to run concurrently with itself and with `ksi run`.")
+    which = clean.add_mutually_exclusive_group()
+    which.add_argument("--stale", action="store_true",
+                       help="clusters whose job or standalone process is gone (the default)")
+    which.add_argument("--job", metavar="ID", help="the clusters of Slurm job ID, whatever their state")
+    which.add_argument("--all", action="store_true", help="every ksi cluster of yours on this node")
+    clean.add_argument("--dry-run", action="store_true", help="print what would be deleted; change nothing")
+    clean.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+
+    doctor = commands.add_parser(
+        "doctor", help="check that this node can run ksi",
+        description="Check this node's prerequisites (cgroup v2 and delegation, kernel modules, kernel and "
+        "WireGuard, kind, nerdctl, liqoctl, rootless containerd, runtime directory, subordinate ids, inotify "
+        "limits, node-local container storage, the shared directory), one line each with the fix of each "
+        "failure. Exit 0 only when all pass. `srun -N<nodes> ksi doctor` checks a whole partition.")
+    doctor.add_argument("shared_dir", metavar="SHARED_DIR", nargs="?", default=".",
+                        help="the directory runs will share (default: current directory)")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object with node and checks")
     return parser
 
 
@@ -54,11 +86,21 @@ def _report(node: str, exc: KsiError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ksi command line and return the process exit code."""
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` belongs to the workload, whatever it looks like.
+    workload_args = words[words.index("--") + 1:] if "--" in words else []
+    args = _parser().parse_args(words[: words.index("--")] if "--" in words else words)
+    args.workload_args = workload_args
     node = node_name()
     try:
         if args.command == "run":
             return _run(args, node)
+        if args.command == "list":
+            return _list(args, node)
+        if args.command == "cleanup":
+            return _cleanup(args, node)
+        if args.command == "doctor":
+            return _doctor(args, node)
     except KsiError as exc:
         _report(node, exc)
         return exc.exit_code
@@ -71,11 +113,6 @@ def _run(args: argparse.Namespace, node: str) -> int:
     from ksi.signals import SignalGuard
 
     extra = list(args.workload_args)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
-    elif extra:
-        raise KsiError(f"unexpected argument {extra[0]!r}", fix="put workload arguments after `--`",
-                       step="checks")
     log.setup(node, verbose=args.verbose)
     overrides = {k: v for k, v in (("node_image", args.node_image), ("systemd_scope", args.systemd_scope))
                  if v is not None}
@@ -88,10 +125,121 @@ def _run(args: argparse.Namespace, node: str) -> int:
         try:
             return runner(options, slurm, node, guard, environ)
         except Interrupted as exc:
-            _log.info("stopped by %s during %s; cluster torn down", exc.message.split()[1], exc.step)
+            _log.info("stopped by %s during %s", exc.name, exc.step)
             return exc.exit_code
         except KsiError:
             raise
         except Exception:
             _log.exception("internal error; please report it with the run directory's ksi.log")
             return EXIT_FAILURE
+
+
+def _node_settings(environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """Return the settings list and cleanup use (provider, state directory, teardown budget) and kind's env.
+
+    Other settings are not read: a bad value of an unrelated one must not stop a cleanup (the Slurm epilog).
+    """
+    from ksi import settings as settings_mod
+    from ksi.preflight import kind_environment
+
+    used = {settings_mod.env_name(f) for f in ("provider", "state_dir", "teardown_timeout")}
+    loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k in used})
+    if problems:
+        raise ChecksFailed(problems)
+    return loaded, kind_environment(loaded, environ)
+
+
+def _age(seconds: float | None) -> str:
+    """Return an age such as ``45s``, ``12m``, ``3h05m`` or ``2d04h``."""
+    if seconds is None:
+        return "-"
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _list(args: argparse.Namespace, node: str) -> int:
+    import json
+    import time
+
+    from ksi.inventory import JobStates, node_names, take
+
+    log.setup(node, verbose=args.verbose)
+    environ = dict(os.environ)
+    settings, kind_env = _node_settings(environ)
+    inventory = take(settings, kind_env, node_names(environ), JobStates(kind_env))
+    for warning in inventory.warnings:
+        print(f"ksi[{node}] warning: list: {warning}", file=sys.stderr, flush=True)
+    now = time.time()
+    if args.json:
+        print(json.dumps([{"node": node, **c.as_dict(now)} for c in inventory.clusters]), flush=True)
+        return 0
+    if not inventory.clusters:
+        print(f"ksi[{node}] list: no ksi clusters of yours on this node", flush=True)
+        return 0
+    rows = [("NODE", "NAME", "JOB", "STATE", "AGE", "K8S_PORT", "RUN_DIR", "WHY")]
+    rows += [(node, c.name, c.owner, c.state, _age(now - c.created if c.created else None),
+              ",".join(map(str, c.ports)) or "-", c.run_dir or "-", c.reason) for c in inventory.clusters]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1],
+              flush=True)
+    return 0
+
+
+def _cleanup(args: argparse.Namespace, node: str) -> int:
+    from ksi.cleanup import ALL, JOB, STALE, Selection, cleanup
+
+    log.setup(node, verbose=args.verbose)
+    if args.job is not None and not args.job.replace("_", "").isdigit():
+        raise UsageError(f"--job {args.job!r} is not a Slurm job id", fix="give the numeric job id", step="cleanup")
+    selection = Selection(JOB, args.job) if args.job is not None else Selection(ALL if args.all else STALE)
+    settings, kind_env = _node_settings(dict(os.environ))
+    report = cleanup(settings, kind_env, selection, dry_run=args.dry_run)
+    for warning in report.warnings:
+        print(f"ksi[{node}] warning: cleanup: {warning}", file=sys.stderr, flush=True)
+    for outcome in report.outcomes:
+        c = outcome.cluster
+        if outcome.action == "failed":
+            continue
+        tail = f": {outcome.detail}" if outcome.detail else ""
+        print(f"ksi[{node}] cleanup: {outcome.action} {c.name} ({c.owner}, {c.state}: {c.reason}){tail}", flush=True)
+    if not report.outcomes:
+        print(f"ksi[{node}] cleanup: no {selection.describe()} to delete", flush=True)
+    if selection.mode == STALE:
+        for c in report.kept:
+            print(f"ksi[{node}] cleanup: kept {c.name} ({c.owner}, {c.state}: {c.reason})", flush=True)
+    for outcome in report.failed:
+        line = f"cleanup: could not delete {outcome.cluster.name}: {outcome.detail}"
+        line += f"; fix: {outcome.fix}" if outcome.fix else ""
+        print(f"ksi[{node}] error: {line}", file=sys.stderr, flush=True)
+    return EXIT_FAILURE if report.failed else 0
+
+
+def _doctor(args: argparse.Namespace, node: str) -> int:
+    import json
+
+    from ksi import settings as settings_mod
+    from ksi.doctor import Host, run_checks
+
+    environ = dict(os.environ)
+    state_var = settings_mod.env_name("state_dir")
+    loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k == state_var})
+    if problems:
+        raise ChecksFailed(problems)
+    checks = run_checks(Host.this_node(environ), args.shared_dir, loaded.state_dir)
+    ok = all(c.ok for c in checks)
+    if args.json:
+        print(json.dumps({"node": node, "ok": ok, "checks": [c.as_dict() for c in checks]}), flush=True)
+    else:
+        lines = [f"ksi[{node}] doctor: {c.line()}" for c in checks]
+        passed = sum(c.ok for c in checks)
+        lines.append(f"ksi[{node}] doctor: {passed} of {len(checks)} checks passed"
+                     + ("" if ok else f"; {node} cannot run ksi until the failures are fixed"))
+        print("\n".join(lines), flush=True)
+    return 0 if ok else EXIT_PREREQUISITE

@@ -102,6 +102,7 @@ class Interrupted(KsiError):
     def __init__(self, signum: int, name: str) -> None:
         super().__init__(f"received {name}, tearing down")
         self.signum = signum
+        self.name = name
         self.exit_code = 128 + signum
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ksi import proc
 
 GATEWAY_SERVICE_TYPE = "NodePort"
+_MARGIN = 10.0  # seconds past liqoctl's own --timeout before ksi kills it
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Liqoctl:
                 "--skip-confirm"]
         if chart:
             argv += ["--local-chart-path", chart]
-        proc.run(argv, env=self._env, timeout=timeout + 30, step="liqo install")
+        proc.run(argv, env=self._env, timeout=timeout + _MARGIN, step="liqo install")
 
     def peer(self, consumer: Endpoint, provider: Endpoint, *, gateway_address: str, gateway_port: int,
              timeout: float) -> None:
@@ -61,4 +62,4 @@ class Liqoctl:
                 "--gw-server-service-nodeport", str(gateway_port),
                 "--gw-client-address", gateway_address, "--gw-client-port", str(gateway_port),
                 "--timeout", f"{int(timeout)}s", "--skip-confirm"]
-        proc.run(argv, env=self._env, timeout=timeout + 30, step=f"peer {provider.cluster_id}")
+        proc.run(argv, env=self._env, timeout=timeout + _MARGIN, step=f"peer {provider.cluster_id}")

@@ -100,18 +100,23 @@ class _Run:
                                    self.slurm.restart_count)
         reservations = PortReservations(self.settings.state_dir)
         if self.rank == 0:
-            rdv = Rendezvous.create(path, self.node)
-            port = reservations.reserve(self.plan.port, self.name)
-            self.teardown.push("release port", reservations.release, port, self.name)
-            gateway = reservations.reserve(None, self.name, udp=True)
-            self.teardown.push("release gateway port", reservations.release, gateway, self.name)
+            rdv = self.rdv = Rendezvous.create(path, self.node)
+            try:
+                port = reservations.reserve(self.plan.port, self.name)
+                self.teardown.push("release port", reservations.release, port, self.name)
+                gateway = reservations.reserve(None, self.name, udp=True)
+                self.teardown.push("release gateway port", reservations.release, gateway, self.name)
+            except BaseException:
+                rdv.publish(LEADER, {"started": self.started})  # lets the followers join and see the abort
+                raise
             rdv.publish(LEADER, {"started": self.started, "port": port, "gateway_port": gateway, "size": self.size})
         else:
             with self.phases.phase("rendezvous"):
-                rdv = join(path, self.rank, self.node, self.started, self.settings.rendezvous_timeout,
-                           self.node_of(0))
-            leader = rdv.read(LEADER) or {}
-            self.rdv = rdv
+                rdv = self.rdv = join(path, self.rank, self.node, self.started, self.settings.rendezvous_timeout,
+                                      self.node_of(0))
+                leader = rdv.wait("the leader's ports", lambda: d if (d := rdv.read(LEADER)) and "port" in d else None,
+                                  self.settings.rendezvous_timeout,
+                                  lambda: KsiError("the leader announced the run but no ports", step="rendezvous"))
             port, gateway = int(leader["port"]), int(leader["gateway_port"])
             try:
                 port = reservations.reserve(port, self.name)
@@ -147,8 +152,7 @@ class _Run:
             return ", ".join(self.node_of(r) for r in followers if r not in found)
 
         def silent() -> None:
-            dead = [r for r in liveness.silent(self.settings.leader_timeout) if r not in found or watch]
-            if dead and watch:
+            if watch and (dead := liveness.silent(self.settings.leader_timeout)):
                 raise KsiError(f"{', '.join(self.node_of(r) for r in dead)} stopped responding (no heartbeat "
                                f"for {self.settings.leader_timeout:g} s) while waiting for {what}", step=what)
 
