@@ -1,0 +1,349 @@
+"""Simulated liqoctl v1.0: ``install kind``, ``peer``, ``unpeer``, ``info``, ``version``.
+
+Like the real one it talks to the clusters' API servers with the kubeconfigs it is given, so an unreachable
+or untrusted server fails the command. What it records lives in the clusters themselves: namespace
+``liqo`` and a cluster-ID ConfigMap for an installation, a ConfigMap per peering on both sides, and a Ready
+virtual node in the consumer. Gateways, tunnels and offloading are not modelled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.simhost import kubeconfig
+from tests.simhost.apiserver import rfc3339
+from tests.simhost.common import Flag, NotModelled, fault_for, hang, parse_duration, parse_flags, run_tool
+from tests.simhost.kubeclient import ApiUnreachable, KubeClient
+from tests.simhost.node import GATEWAY_PROBE
+
+VERSION = "v1.0.0"
+CLUSTER_ID_CONFIGMAP = "liqo-clusterid-configmap"
+PEERING_PREFIX = "liqo-peering-"
+REMOTE_ID_LABEL = "liqo.io/remote-cluster-id"
+CLUSTER_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+GLOBAL_FLAGS = [Flag("kubeconfig"), Flag("context"), Flag("namespace", "n"), Flag("verbose", "v", "bool"),
+                Flag("skip-confirm", kind="bool")]
+INSTALL_FLAGS = [Flag("cluster-id"), Flag("cluster-labels"), Flag("timeout"), Flag("local-chart-path"),
+                 Flag("set", kind="list"), Flag("set-string", kind="list"), Flag("values", kind="list"),
+                 Flag("version"), Flag("disable-telemetry", kind="bool"), Flag("reserved-subnets")]
+PEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-namespace"), Flag("timeout"),
+              Flag("gw-server-service-type"), Flag("gw-server-service-nodeport"), Flag("gw-server-service-port"),
+              Flag("gw-server-service-location"), Flag("gw-client-address"), Flag("gw-client-port"),
+              Flag("in-band", kind="bool"), Flag("create-resource-slice", kind="bool"),
+              Flag("create-virtual-node", kind="bool"), Flag("networking-disabled", kind="bool"),
+              Flag("cpu"), Flag("memory"), Flag("pods"), Flag("mtu"), Flag("resource-slice-class")]
+UNPEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-namespace"), Flag("timeout"),
+                Flag("wait", kind="bool"), Flag("delete-namespaces", kind="bool")]
+
+
+class LiqoError(Exception):
+    """A failure liqoctl prints as `` ERROR  <message>`` before exiting with status 1."""
+
+
+def say(line: str) -> None:
+    """Print an INFO line on stdout, as liqoctl's printer does."""
+    print(f" INFO   {line}", flush=True)
+
+
+def connect(path: str, context: str | None, where: str) -> KubeClient:
+    """Return an API client for a kubeconfig (default: $KUBECONFIG, then ~/.kube/config)."""
+    path = path or kubeconfig.path_for_merge("")
+    try:
+        return KubeClient(kubeconfig.load_client(path, context), timeout=10.0)
+    except (kubeconfig.KubeconfigError, ApiUnreachable, OSError) as exc:
+        raise LiqoError(f"({where}) unable to create a client for the cluster: {exc}") from None
+
+
+def call(client: KubeClient, method: str, path: str, where: str, body: dict[str, Any] | None = None,
+         accept: tuple[int, ...] = (200, 201)) -> tuple[int, dict[str, Any]]:
+    """Send one API request; raise LiqoError unless the status is in ``accept``."""
+    try:
+        code, obj = client.request(method, path, body)
+    except ApiUnreachable as exc:
+        raise LiqoError(f"({where}) {exc}") from None
+    if code not in accept:
+        raise LiqoError(f"({where}) {obj.get('message') or f'{method} {path} answered {code}'}")
+    return code, obj
+
+
+def installation(client: KubeClient, namespace: str, where: str) -> dict[str, str] | None:
+    """Return the data of the cluster-ID ConfigMap of a Liqo installation, None if Liqo is not installed."""
+    code, obj = call(client, "GET", f"/api/v1/namespaces/{namespace}/configmaps/{CLUSTER_ID_CONFIGMAP}", where,
+                     accept=(200, 404))
+    return dict(obj.get("data") or {}) if code == 200 else None
+
+
+def require_installation(client: KubeClient, namespace: str, where: str) -> dict[str, str]:
+    """Return the installation data or fail like liqoctl does where Liqo is missing."""
+    found = installation(client, namespace, where)
+    if found is None:
+        raise LiqoError(f"({where}) Liqo is not installed in the cluster (namespace \"{namespace}\"): "
+                        "install it with 'liqoctl install'")
+    return found
+
+
+def apply_fault(op: str, message: str) -> None:
+    """Apply the KSI_SIM_FAULTS fault for ``op``."""
+    fault = fault_for(op)
+    if fault is None:
+        return
+    if fault.mode == "hang":
+        hang()
+    if fault.mode == "slow":
+        time.sleep(fault.seconds)
+        return
+    raise LiqoError(f"{message}: context deadline exceeded (simulated by KSI_SIM_FAULTS)")
+
+
+def install(values: dict[str, Any]) -> None:
+    """Run ``liqoctl install kind``: record Liqo (namespace, cluster ID, version) in the cluster."""
+    parse_duration(str(values.get("timeout", "10m")), "timeout")
+    chart = values.get("local-chart-path")
+    if chart and not Path(chart).exists():
+        raise LiqoError(f'Failed installing or upgrading Liqo: path "{chart}" not found')
+    for item in values.get("set", []) + values.get("set-string", []):
+        for pair in item.split(","):
+            if "=" not in pair:
+                raise LiqoError(f'failed parsing --set data: key "{pair}" has no value')
+    for path in values.get("values", []):
+        if not Path(path).is_file():
+            raise LiqoError(f"open {path}: no such file or directory")
+    cluster_id = values.get("cluster-id") or f"cluster-{secrets.token_hex(3)}"
+    if not CLUSTER_ID.match(cluster_id) or len(cluster_id) > 63:
+        raise LiqoError(f'invalid argument "{cluster_id}" for "--cluster-id" flag: the cluster ID must be a valid '
+                        "RFC 1123 label")
+    namespace = values.get("namespace") or "liqo"
+    client = connect(values.get("kubeconfig", ""), values.get("context"), "local")
+    apply_fault("liqoctl-install", "Failed installing or upgrading Liqo: timed out waiting for the condition")
+    say("Kubernetes clients successfully initialized")
+    existing = installation(client, namespace, "local")
+    if existing is not None and values.get("cluster-id") and existing.get("CLUSTER_ID") != cluster_id:
+        raise LiqoError(f"the cluster ID cannot be changed once Liqo is installed: it is "
+                        f"\"{existing.get('CLUSTER_ID')}\", not \"{cluster_id}\"")
+    say("Installer initialized")
+    data = {"CLUSTER_ID": existing.get("CLUSTER_ID", cluster_id) if existing else cluster_id,
+            "VERSION": values.get("version") or VERSION, "CLUSTER_LABELS": values.get("cluster-labels") or ""}
+    call(client, "POST", "/api/v1/namespaces", "local", {"metadata": {"name": namespace}}, accept=(201, 409))
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    if existing is not None:
+        call(client, "DELETE", f"{base}/{CLUSTER_ID_CONFIGMAP}", "local", accept=(200, 404))
+    call(client, "POST", base, "local", {"metadata": {"name": CLUSTER_ID_CONFIGMAP, "labels": {
+        "liqo.io/clusterid-configmap": "true"}}, "data": data})
+    say("Cluster configuration correctly retrieved")
+    say("Installation parameters correctly generated")
+    say(f"All Set! Liqo {data['VERSION']} is installed with cluster ID \"{data['CLUSTER_ID']}\". You can now proceed "
+        "establishing a peering (liqoctl peer --help for more information)")
+
+
+def virtual_node(provider_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Return the Node object of the virtual node representing ``provider_id`` in the consumer."""
+    now = rfc3339()
+    resources = {"cpu": values.get("cpu") or "4", "memory": values.get("memory") or "8Gi",
+                 "pods": values.get("pods") or "110"}
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": provider_id, "labels": {
+            "liqo.io/type": "virtual-node", REMOTE_ID_LABEL: provider_id, "kubernetes.io/role": "agent",
+            "kubernetes.io/hostname": provider_id, "type": "virtual-kubelet",
+            "node.kubernetes.io/exclude-from-external-load-balancers": "true"}},
+        "spec": {"taints": [{"key": "virtual-node.liqo.io/not-allowed", "value": "true", "effect": "NoExecute"}]},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "The Liqo Virtual Kubelet is posting ready status",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "capacity": resources, "allocatable": resources,
+            "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                         "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": VERSION, "machineID": "",
+                         "operatingSystem": "linux", "osImage": "", "systemUUID": ""},
+        },
+    }
+
+
+def peering_record(remote_id: str, role: str) -> dict[str, Any]:
+    """Return the ConfigMap standing for one side of a peering (Liqo's ForeignCluster)."""
+    return {"metadata": {"name": PEERING_PREFIX + remote_id, "labels": {REMOTE_ID_LABEL: remote_id}},
+            "data": {"clusterID": remote_id, "role": role}}
+
+
+def validate_gateway(values: dict[str, Any]) -> None:
+    """Check the gateway flags the way liqoctl's enum and integer flags do."""
+    choices = {"gw-server-service-type": ("NodePort", "LoadBalancer", "ClusterIP"),
+               "gw-server-service-location": ("Provider", "Consumer")}
+    for flag, allowed in choices.items():
+        if flag in values and values[flag] not in allowed:
+            raise LiqoError(f'invalid argument "{values[flag]}" for "--{flag}" flag: must be one of '
+                            + ", ".join(allowed))
+    for flag in ("gw-server-service-nodeport", "gw-server-service-port", "gw-client-port", "mtu"):
+        if flag in values and not (str(values[flag]).isdigit() and 0 <= int(values[flag]) <= 65535):
+            raise LiqoError(f'invalid argument "{values[flag]}" for "--{flag}" flag: strconv.ParseInt: parsing '
+                            f'"{values[flag]}": invalid syntax')
+
+
+def wait_for_gateway(address: str, port: int, node_port: int | None, timeout: float) -> None:
+    """Wait until the provider's gateway answers on ``address:port`` (UDP), as the gateway client does.
+
+    The provider's node container answers on every UDP host port it publishes, naming the container port
+    behind it; the tunnel comes up only if that is the gateway's NodePort. Otherwise this times out after
+    ``--timeout``, like the real command.
+    """
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                sock.sendto(GATEWAY_PROBE, (address, port))
+                answer = sock.recv(256).split()
+            except OSError:
+                continue
+            if len(answer) == 2 and answer[0] == GATEWAY_PROBE and (node_port is None or int(answer[1]) == node_port):
+                return
+    raise LiqoError("(local) Timed out waiting for the connection to be established: context deadline exceeded "
+                    f"(no Liqo gateway answers on {address}:{port}/udp)")
+
+
+def peer(values: dict[str, Any]) -> None:
+    """Run ``liqoctl peer``: check both API servers and installations and the gateway, then add the virtual node."""
+    timeout = parse_duration(str(values.get("timeout", "10m")), "timeout")
+    validate_gateway(values)
+    if not values.get("remote-kubeconfig"):
+        raise LiqoError("the remote kubeconfig must be given with --remote-kubeconfig")
+    namespace = values.get("namespace") or "liqo"
+    local = connect(values.get("kubeconfig", ""), values.get("context"), "local")
+    remote = connect(values["remote-kubeconfig"], values.get("remote-context"), "remote")
+    consumer_id = require_installation(local, namespace, "local")["CLUSTER_ID"]
+    provider_id = require_installation(remote, values.get("remote-namespace") or "liqo", "remote")["CLUSTER_ID"]
+    if consumer_id == provider_id:
+        raise LiqoError(f"the local and the remote cluster have the same cluster ID \"{consumer_id}\"")
+    apply_fault("liqoctl-peer", "(local) Timed out waiting for the connection to be established")
+    if not values.get("networking-disabled"):
+        say("(local) Network configuration correctly retrieved")
+        say("(remote) Network configuration correctly retrieved")
+        say(f"(remote) Gateway server correctly set up ({values.get('gw-server-service-type', 'LoadBalancer')})")
+        say("(local) Gateway client correctly set up")
+        if values.get("gw-client-address") and values.get("gw-client-port") and not values.get("in-band") \
+                and values.get("gw-server-service-location", "Provider") == "Provider":
+            node_port = values.get("gw-server-service-nodeport")
+            wait_for_gateway(values["gw-client-address"], int(values["gw-client-port"]),
+                             int(node_port) if node_port else None, timeout)
+        say("(local) Connection is established")
+    say("(local) Tenant namespace correctly ensured")
+    say("(remote) Tenant correctly applied on provider cluster")
+    call(local, "POST", f"/api/v1/namespaces/{namespace}/configmaps", "local",
+         peering_record(provider_id, "Provider"), accept=(201, 409))
+    call(remote, "POST", f"/api/v1/namespaces/{values.get('remote-namespace') or 'liqo'}/configmaps", "remote",
+         peering_record(consumer_id, "Consumer"), accept=(201, 409))
+    if values.get("create-resource-slice", True) and values.get("create-virtual-node", True):
+        say("(local) ResourceSlice resources: Accepted")
+        call(local, "POST", "/api/v1/nodes", "local", virtual_node(provider_id, values), accept=(201, 409))
+        say("(local) VirtualNode correctly created")
+    say(f"Peering with cluster \"{provider_id}\" enabled")
+
+
+def unpeer(values: dict[str, Any]) -> None:
+    """Run ``liqoctl unpeer``: remove the virtual node and both peering records (absent ones are fine)."""
+    parse_duration(str(values.get("timeout", "2m")), "timeout")
+    if not values.get("remote-kubeconfig"):
+        raise LiqoError("the remote kubeconfig must be given with --remote-kubeconfig")
+    namespace = values.get("namespace") or "liqo"
+    remote_namespace = values.get("remote-namespace") or "liqo"
+    local = connect(values.get("kubeconfig", ""), values.get("context"), "local")
+    remote = connect(values["remote-kubeconfig"], values.get("remote-context"), "remote")
+    consumer_id = require_installation(local, namespace, "local")["CLUSTER_ID"]
+    provider_id = require_installation(remote, remote_namespace, "remote")["CLUSTER_ID"]
+    apply_fault("liqoctl-unpeer", "(local) Timed out waiting for the peering to be removed")
+    call(local, "DELETE", f"/api/v1/nodes/{provider_id}", "local", accept=(200, 404))
+    call(local, "DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{PEERING_PREFIX}{provider_id}", "local",
+         accept=(200, 404))
+    call(remote, "DELETE", f"/api/v1/namespaces/{remote_namespace}/configmaps/{PEERING_PREFIX}{consumer_id}",
+         "remote", accept=(200, 404))
+    say(f"Peering with cluster \"{provider_id}\" disabled")
+
+
+def info(values: dict[str, Any]) -> None:
+    """Run ``liqoctl info``: the local installation and its peerings, as text, JSON, YAML or one field."""
+    namespace = values.get("namespace") or "liqo"
+    client = connect(values.get("kubeconfig", ""), values.get("context"), "local")
+    code, _ = call(client, "GET", f"/api/v1/namespaces/{namespace}", "local", accept=(200, 404))
+    found = installation(client, namespace, "local") if code == 200 else None
+    if found is None:
+        raise LiqoError("Liqo is not installed in the current cluster! \n\nYou can install liqo via the "
+                        "'liqoctl install' command.\nCheck 'liqoctl install --help' for further information.")
+    _, records = call(client, "GET", f"/api/v1/namespaces/{namespace}/configmaps?labelSelector={REMOTE_ID_LABEL}",
+                      "local")
+    labels = dict(p.split("=", 1) for p in found.get("CLUSTER_LABELS", "").split(",") if "=" in p)
+    data: dict[str, Any] = {
+        "local": {"clusterID": found["CLUSTER_ID"], "version": found.get("VERSION", ""), "labels": labels,
+                  "APIServerAddr": client.client.server},
+        "peerings": {"peers": [{"clusterID": r["data"]["clusterID"], "role": r["data"]["role"],
+                                "networkingStatus": "Healthy", "authenticationStatus": "Healthy",
+                                "offloadingStatus": "Healthy"} for r in records.get("items", [])]},
+    }
+    output, query = values.get("output"), values.get("get")
+    if output not in (None, "json", "yaml"):
+        raise LiqoError(f'invalid output format "{output}": supported formats are json and yaml')
+    if query:
+        path = {"clusterid": "local.clusterid"}.get(query.lower(), query).strip(".").split(".")
+        current: Any = data
+        for part in path:
+            match = next((k for k in current if k.lower() == part.lower()), None) if isinstance(current, dict) \
+                else None
+            if match is None:
+                raise LiqoError(f'invalid query "{query}": "{part}" not found')
+            current = current[match]
+        print(current if not isinstance(current, dict | list) else
+              json.dumps(current, indent=2) if output == "json" else yaml.safe_dump(current).rstrip())
+    elif output == "json":
+        print(json.dumps(data, indent=2))
+    elif output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+    else:
+        print(f"Local installation info\n  Cluster ID: {data['local']['clusterID']}\n  Version: "
+              f"{data['local']['version']}\n  K8s API server: {data['local']['APIServerAddr']}\n\nActive peerings")
+        for peer_info in data["peerings"]["peers"]:
+            print(f"  {peer_info['clusterID']}\n    Role: {peer_info['role']}\n    Networking status: Healthy\n"
+                  "    Authentication status: Healthy\n    Offloading status: Healthy")
+
+
+def run(args: list[str]) -> int:
+    """Run one liqoctl command line (without the program name)."""
+    words = [a for a in args if not a.startswith("-")][:2]
+    command = words[0] if words else ""
+    specific = {"install": INSTALL_FLAGS, "peer": PEER_FLAGS, "unpeer": UNPEER_FLAGS,
+                "info": [Flag("output", "o"), Flag("get", "g")], "version": [Flag("client", kind="bool")]}
+    if command not in specific:
+        raise NotModelled(f"command {command!r}")
+    values, positional = parse_flags(args, GLOBAL_FLAGS + specific[command])
+    expected = ["install", "kind"] if command == "install" else [command]
+    if positional != expected:
+        raise NotModelled(f"arguments {' '.join(positional)!r}")
+    try:
+        if command == "version":
+            print(f"Client version: {VERSION}")
+            if not values.get("client"):
+                client = connect(values.get("kubeconfig", ""), values.get("context"), "local")
+                found = installation(client, values.get("namespace") or "liqo", "local")
+                if found is None:
+                    raise LiqoError("Unable to retrieve the Liqo server version: release: not found")
+                print(f"Server version: {found.get('VERSION', VERSION)}")
+        else:
+            {"install": install, "peer": peer, "unpeer": unpeer, "info": info}[command](values)
+    except LiqoError as exc:
+        print(f" ERROR  {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    """Entry point of the ``liqoctl`` executable."""
+    return run_tool("liqoctl", ["liqoctl", *sys.argv[1:]], run)
