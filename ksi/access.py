@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksi import log
+from ksi import log, signals
 from ksi.errors import KsiError
 
 _log = log.get(__name__)
@@ -120,6 +120,7 @@ def _retry(call: Any, what: str) -> Any:
                 raise KsiError(f"{what} failed: cannot reach the API server ({exc})", step="access",
                                fix="check the cluster's container logs with nerdctl logs") from None
             _log.debug("%s: %s; retrying in %.1f s", what, exc, delay)
+            signals.check()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksi import access, log, names, proc, rundir, workload
+from ksi import access, log, names, proc, rundir, signals, workload
 from ksi import settings as settings_mod
 from ksi.errors import Interrupted, KsiError, UsageError
 from ksi.liqo import Endpoint, Liqoctl
@@ -170,7 +170,7 @@ class _Run:
             futures = {pool.submit(self.liqoctl.peer, consumer, Endpoint(p.kubeconfig, p.cluster, p.cluster),
                                    gateway_address=p.address, gateway_port=gateway,
                                    timeout=self.settings.peer_timeout): p for p in providers}
-            for future in concurrent.futures.as_completed(futures):
+            for future in _completed(futures):
                 provider = futures[future]
                 try:
                     future.result()
@@ -190,6 +190,7 @@ class _Run:
                                fix="check `liqoctl info` in the leader's cluster; raise KSI_PEER_TIMEOUT")
             assert self.rdv is not None
             self.rdv.check_abort()
+            signals.check()
             time.sleep(_VNODE_POLL)
 
     def lead(self, rdv: Rendezvous, me: Member, grant: access.Access, api: str, port: int, gateway: int) -> int:
@@ -252,6 +253,15 @@ class _Run:
         return status
 
     _cluster: NodeCluster
+
+
+def _completed(futures: Mapping[concurrent.futures.Future[None], Any]) -> Iterator[concurrent.futures.Future[None]]:
+    """Yield ``futures`` as they finish, checking for a stop signal every quarter second."""
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=0.25, return_when=concurrent.futures.FIRST_COMPLETED)
+        yield from done
+        signals.check()
 
 
 class _FollowerWatch:

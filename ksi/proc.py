@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from ksi import log
+from ksi import log, signals
 from ksi.errors import CommandFailed, CommandTimeout, ToolMissingError
 
 _log = log.get(__name__)
 _KILL_GRACE = 2.0
+_SLICE = 0.25  # seconds between checks for a stop signal while a command runs
 _live: set[subprocess.Popen[str]] = set()  # children of every thread, for terminate_all()
 _live_lock = threading.Lock()
 _SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -75,6 +76,18 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
             continue
 
 
+def _communicate(proc: subprocess.Popen[str], deadline: float, *, check_signals: bool) -> tuple[str, str]:
+    """Collect the child's output until it exits, in short slices so a pending interruption is noticed."""
+    while True:
+        try:
+            return proc.communicate(timeout=max(min(_SLICE, deadline - time.monotonic()), 0.0))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+            if check_signals:
+                signals.check()
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -115,7 +128,7 @@ def run(
     with _live_lock:
         _live.add(proc)
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        stdout, stderr = _communicate(proc, started + timeout, check_signals=not shielded)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         stdout, stderr = proc.communicate()

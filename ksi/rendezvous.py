@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ksi import log
+from ksi import log, signals
 from ksi.errors import KsiError
 from ksi.state import read_json, write_json
 
@@ -132,6 +132,7 @@ class Rendezvous:
             if time.monotonic() > deadline:
                 _log.debug("rendezvous: gave up waiting for %s after %.0f s", what, timeout)
                 raise on_timeout()
+            signals.check()
             time.sleep(POLL)
 
 
@@ -160,6 +161,7 @@ def join(path: Path, rank: int, node: str, started: float, timeout: float, leade
                 fix="the directory may not be shared across nodes (it must be on NFS, Lustre, GPFS...); "
                     "raise KSI_RENDEZVOUS_TIMEOUT if the filesystem is slow",
                 step="rendezvous")
+        signals.check()
         time.sleep(POLL)
 
 

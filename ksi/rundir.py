@@ -65,6 +65,7 @@ class RunRecord:
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    pid: int = field(default_factory=os.getpid)
 
     def save(self, **changes: Any) -> None:
         """Apply ``changes`` and rewrite run.json."""

@@ -4,6 +4,11 @@ Python's default SIGTERM kills without running ``finally`` blocks, and Slurm sen
 the step (repeatedly with some setups). The guard turns the first TERM/INT/HUP/USR1 into
 :class:`~ksi.errors.Interrupted` raised in the main thread, and ignores every later one: teardown must not
 be interrupted by the signal that caused it.
+
+An exception raised by a signal handler is lost when the handler happens to run inside a weakref callback
+or a ``__del__`` (Python prints "Exception ignored in ..." and carries on; seen with the import system's
+module-lock callbacks). So the handler also records the signal, and every place where ksi waits calls
+:func:`check`, which raises the recorded interruption if nobody has seen it yet.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ _log = log.get(__name__)
 
 
 class SignalGuard:
-    """Installs handlers for STOP_SIGNALS; raises at most once, and never after :meth:`disarm`."""
+    """Installs handlers for STOP_SIGNALS; interrupts at most once, and never after :meth:`disarm`."""
 
     def __init__(self) -> None:
         self.armed = False
+        self.pending: int | None = None
         self.received: list[int] = []
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -32,12 +38,24 @@ class SignalGuard:
         name = signal.Signals(signum).name
         if self.armed:
             self.armed = False  # one-shot: a second signal must not interrupt the teardown it started
+            self.pending = signum
             raise Interrupted(signum, name)
         _log.info("received %s during teardown; teardown continues", name)
+
+    def check(self) -> None:
+        """Raise the interruption a signal asked for if its exception was lost (a no-op otherwise)."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum, signal.Signals(signum).name)
+
+    def seen(self) -> None:
+        """Note that the interruption reached the code that handles it."""
+        self.pending = None
 
     def disarm(self) -> None:
         """From now on, signals are only noted (call this when teardown begins)."""
         self.armed = False
+        self.pending = None
 
     @property
     def first(self) -> int | None:
@@ -47,11 +65,29 @@ class SignalGuard:
     @contextmanager
     def installed(self) -> Iterator[SignalGuard]:
         """Install the handlers (armed) for the duration of the block, then restore the previous ones."""
+        global _current
         previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         self.armed = True
+        _current = self
         try:
             yield self
         finally:
-            self.armed = False
+            self.disarm()
+            _current = None
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+_current: SignalGuard | None = None
+
+
+def check() -> None:
+    """Raise a pending interruption of the installed guard; call this wherever ksi waits."""
+    if _current is not None:
+        _current.check()
+
+
+def seen() -> None:
+    """Tell the installed guard that its interruption is being handled (no later check() raises it)."""
+    if _current is not None:
+        _current.seen()

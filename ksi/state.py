@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,17 +120,24 @@ def node_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
     """Hold the node-local flock ``path`` (never soft-fallback), waiting at most ``timeout`` seconds."""
     from filelock import FileLock, Timeout
 
+    from ksi import signals
     from ksi.errors import KsiError
 
     lock = FileLock(path, timeout=timeout, mode=0o600, fallback_to_soft=False)
-    try:
-        lock.acquire()
-    except Timeout:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock.acquire(timeout=min(0.25, max(deadline - time.monotonic(), 0.0)))
+            break
+        except Timeout:
+            if time.monotonic() < deadline:
+                signals.check()
+                continue
         raise KsiError(
             f"waited {timeout:g} s for the lock {path} ({what})",
             fix="another ksi on this node holds it; wait, or raise KSI_LOCK_TIMEOUT",
             step="lock",
-        ) from None
+        )
     try:
         yield
     finally:

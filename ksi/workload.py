@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ksi import log
+from ksi import log, signals
 from ksi.errors import EXIT_USAGE, Interrupted, Problem
 
 _log = log.get(__name__)
@@ -95,8 +95,9 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, gra
     stopped_by: int | None = None
     try:
         try:
-            returncode = child.wait()
+            returncode = _wait(child)
         except Interrupted as exc:
+            signals.seen()
             stopped_by = exc.signum
             returncode = _stop(child, exc.signum, grace)
         # Whatever the workload left running in its group (background jobs) ends with it.
@@ -112,6 +113,15 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, gra
             keep.close()
     status = 128 - returncode if returncode < 0 else returncode
     return status, stopped_by
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    """Wait for the workload, checking for a stop signal whose exception was lost every quarter second."""
+    while True:
+        try:
+            return child.wait(timeout=0.25)
+        except subprocess.TimeoutExpired:
+            signals.check()
 
 
 def _kill(pgid: int, sig: int) -> None:
