@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-image", help="kind node image (default: $KSI_NODE_IMAGE, else the pinned one)")
     run.add_argument("--systemd-scope", choices=("auto", "always", "never"),
                      help="run kind under `systemd-run --user --scope` (default: $KSI_SYSTEMD_SCOPE or auto)")
+    run.add_argument("--no-clean-stale", dest="clean_stale", action="store_false", default=None,
+                     help="do not remove your stale clusters on this node first (default: $KSI_CLEAN_STALE or do)")
     run.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
 
     listing = commands.add_parser(
@@ -114,8 +116,8 @@ def _run(args: argparse.Namespace, node: str) -> int:
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
-    overrides = {k: v for k, v in (("node_image", args.node_image), ("systemd_scope", args.systemd_scope))
-                 if v is not None}
+    overrides = {k: v for k, v in (("node_image", args.node_image), ("systemd_scope", args.systemd_scope),
+                                   ("clean_stale", None if args.clean_stale is None else "0")) if v is not None}
     options = RunOptions(args.workload, tuple(extra), args.shared_dir, args.port, overrides)
     guard = SignalGuard()
     environ = dict(os.environ)

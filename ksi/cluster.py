@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ksi import log
-from ksi.errors import KsiError
+from ksi.errors import Interrupted, KsiError
 from ksi.kind import Kind
 from ksi.runtimes import ContainerRuntime
 
@@ -31,6 +31,8 @@ def delete_verified(kind: Kind, runtime: ContainerRuntime, name: str, kubeconfig
                              timeout=max(remaining() - 2 * _LIST_TIMEOUT, 1.0))
         if result.returncode != 0:
             _log.warning("teardown: `kind delete cluster` exited %d; checking for leftovers", result.returncode)
+    except Interrupted:
+        raise
     except KsiError as exc:
         _log.warning("teardown: %s; removing the node containers directly", exc.message)
     leftovers = runtime.node_containers(name, timeout=min(_LIST_TIMEOUT, remaining()))

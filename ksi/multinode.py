@@ -16,6 +16,7 @@ from typing import Any
 
 from ksi import access, log, names, proc, rundir, signals, workload
 from ksi import settings as settings_mod
+from ksi.cleanup import remove_stale
 from ksi.errors import Interrupted, KsiError, UsageError
 from ksi.liqo import Endpoint, Liqoctl
 from ksi.ports import PortReservations
@@ -315,6 +316,8 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
     status: int | None = None
     error: BaseException | None = None
     try:
+        if settings.clean_stale:
+            remove_stale(settings, kind_env)
         rdv, port, gateway = state.open_rendezvous()
         beat = Heartbeat(rdv)
         beat.start()

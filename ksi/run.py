@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ksi import access, kindconfig, log, names, rundir, workload
 from ksi import settings as settings_mod
+from ksi.cleanup import remove_stale
 from ksi.cluster import delete_verified
 from ksi.errors import Interrupted, KsiError, UsageError
 from ksi.kind import Kind
@@ -179,6 +180,8 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
         _log.info("run directory: %s", run_dir)
         record = rundir.RunRecord(run_dir / rundir.RECORD, name, node, slurm.job_id)
         record.save(state="creating", phases=phases.seconds)
+        if settings.clean_stale:
+            remove_stale(settings, kind_env)
         cluster = NodeCluster(name, node, slurm.job_id, run_dir, settings, plan, kind_env, teardown)
         port = cluster.reserve_port(plan.port)
         record.save(port=port)

@@ -318,3 +318,36 @@ def test_two_runs_at_once_get_distinct_names_and_ports(ksi: KsiRunner, simhost: 
     assert len({name for name, _ in seen}) == 2
     assert len({port for _, port in seen}) == 2
     assert_nothing_left(ksi, simhost)
+
+
+# --- stale clusters of earlier runs ---------------------------------------------------------------------------
+
+def _leave_a_stale_cluster(ksi: KsiRunner, tmp_path: Path) -> str:
+    """Start a run, SIGKILL ksi mid-workload (as KillWait or the OOM killer would) and return its cluster."""
+    started = tmp_path / "started"
+    workload = script(ksi.cwd, "hang.sh", f'echo "$K8S_CLUSTER_NAME" > "{started}"; sleep 300\n')
+    process = ksi.start("run", str(workload), str(ksi.shared))
+    name = wait_for(lambda: started.exists() and started.read_text().strip(), 30, "the workload to start")
+    process.kill()
+    finish(process)
+    return str(name)
+
+
+def test_next_run_removes_a_killed_runs_cluster_first(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> None:
+    stale = _leave_a_stale_cluster(ksi, tmp_path)
+    assert [c["name"] for c in simhost.containers() if c["alive"]] == [f"{stale}-control-plane"]
+    result = ksi.run("run", str(script(ksi.cwd, "w.sh", "exit 0\n")), str(ksi.shared))
+    assert result.returncode == 0, result.stderr
+    assert f"cleanup: removed stale cluster {stale}" in result.stderr
+    assert not (ksi.shared / "ksi-runs" / stale / "kubeconfig").exists()
+    assert (ksi.shared / "ksi-runs" / stale / "ksi.log").exists()  # logs of the killed run are kept
+    assert_nothing_left(ksi, simhost)
+
+
+def test_stale_cleanup_can_be_turned_off(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> None:
+    stale = _leave_a_stale_cluster(ksi, tmp_path)
+    result = ksi.run("run", "--no-clean-stale", str(script(ksi.cwd, "w.sh", "exit 0\n")), str(ksi.shared))
+    assert result.returncode == 0, result.stderr
+    assert "removed stale cluster" not in result.stderr
+    assert [c["name"] for c in simhost.containers() if c["alive"]] == [f"{stale}-control-plane"]
+    simhost.kill_all()
