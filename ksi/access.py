@@ -37,10 +37,28 @@ class Access:
         return f"Access(token=***, expires={self.expires.isoformat()})"
 
 
+def _load_client() -> None:
+    """Import what grant_admin uses and build its request models once (no network).
+
+    kubernetes >= 35 loads its API classes and pydantic models lazily on first attribute access: importing
+    the package alone leaves about a second of work for the first call.
+    """
+    from kubernetes import client, config
+
+    assert config.new_client_from_config is not None
+    client.CoreV1Api, client.RbacAuthorizationV1Api  # noqa: B018 - the access triggers the lazy import
+    client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=SERVICE_ACCOUNT))
+    client.V1ClusterRoleBinding(
+        metadata=client.V1ObjectMeta(name=BINDING),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="cluster-admin"),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=SERVICE_ACCOUNT, namespace=NAMESPACE)])
+    client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    importlib.import_module("kubernetes.client.exceptions")
+
+
 def warm_import() -> threading.Thread:
-    """Import the kubernetes client (about a second on a cold node) in a thread while kind works."""
-    thread = threading.Thread(target=importlib.import_module, args=("kubernetes.client",), daemon=True,
-                              name="import-kubernetes")
+    """Load the kubernetes client (about a second on a cold node) in a thread while kind works."""
+    thread = threading.Thread(target=_load_client, daemon=True, name="import-kubernetes")
     thread.start()
     return thread
 
