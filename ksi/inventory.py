@@ -20,6 +20,7 @@ States:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import log, names
+from ksi import log, names, signals
 from ksi.errors import CommandFailed, Interrupted, KsiError, PrerequisiteError
 from ksi.kind import Kind
 from ksi.ports import PortReservations
@@ -248,21 +249,22 @@ def take(settings: Settings, env: Mapping[str, str], here: frozenset[str], jobs:
         held = PortReservations(settings.state_dir).held()
     recorded = registry.names()
 
-    containers: Counter[str] = Counter()
-    try:
-        for container in runtime_for(settings.provider, env).node_containers(timeout=_LIST_TIMEOUT):
-            containers[container.cluster] += 1
-    except Interrupted:
-        raise
-    except KsiError as exc:
-        warnings.append(f"cannot list containers: {_words(exc)}")
-    known_to_kind: list[str] = []
-    try:
-        known_to_kind = Kind(env).clusters(timeout=_LIST_TIMEOUT)
-    except Interrupted:
-        raise
-    except KsiError as exc:
-        warnings.append(f"cannot list kind clusters: {_words(exc)}")
+    # The two listings are independent tool calls: run them side by side (ksi run waits for this).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="inventory") as pool:
+        listed = pool.submit(runtime_for(settings.provider, env).node_containers, timeout=_LIST_TIMEOUT)
+        kind_listed = pool.submit(Kind(env).clusters, timeout=_LIST_TIMEOUT)
+        containers: Counter[str] = Counter()
+        try:
+            for container in listed.result():
+                containers[container.cluster] += 1
+        except KsiError as exc:
+            warnings.append(f"cannot list containers: {_words(exc)}")
+        known_to_kind: list[str] = []
+        try:
+            known_to_kind = kind_listed.result()
+        except KsiError as exc:
+            warnings.append(f"cannot list kind clusters: {_words(exc)}")
+    signals.check()
 
     found = set(recorded) | set(containers) | set(known_to_kind)
     for name in sorted(found):

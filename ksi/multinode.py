@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ksi import access, log, names, proc, rundir, signals, workload
 from ksi import settings as settings_mod
@@ -41,6 +41,7 @@ from ksi.teardown import Teardown
 
 _log = log.get(__name__)
 _VNODE_POLL = 0.5
+T = TypeVar("T")
 
 
 def check_layout(slurm: SlurmContext, environ: Mapping[str, str]) -> None:
@@ -256,7 +257,7 @@ class _Run:
     _cluster: NodeCluster
 
 
-def _completed(futures: Mapping[concurrent.futures.Future[None], Any]) -> Iterator[concurrent.futures.Future[None]]:
+def _completed(futures: Mapping[concurrent.futures.Future[T], Any]) -> Iterator[concurrent.futures.Future[T]]:
     """Yield ``futures`` as they finish, checking for a stop signal every quarter second."""
     pending = set(futures)
     while pending:
@@ -336,16 +337,25 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
             api = cluster.create(port, plan.node_address, () if state.rank == 0 else (gateway,))
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", state.name,
                   state.phases.seconds["create"], port, api)
-        grant = None
-        if importing is not None:
-            with state.phases.phase("access"):
-                importing.join()
-                grant = cluster.grant_access(slurm.end_time)
-            _log.info("access: token valid until %s", grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        with state.phases.phase("liqo install"):
-            state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name),
-                                       timeout=settings.install_timeout, chart=settings.liqo_chart)
-        _log.info("liqo install: done in %.2f s", state.phases.seconds["liqo install"])
+        # The leader's API access (a few API calls) goes on while Liqo installs.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="access") as pool:
+            granting = None
+            if importing is not None:
+                loaded = importing
+
+                def grant_access() -> access.Access:
+                    loaded.join()
+                    return cluster.grant_access(slurm.end_time)
+
+                granting = pool.submit(grant_access)
+            with state.phases.phase("liqo install"):
+                state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name),
+                                           timeout=settings.install_timeout, chart=settings.liqo_chart)
+            _log.info("liqo install: done in %.2f s", state.phases.seconds["liqo install"])
+            grant = None
+            if granting is not None:
+                grant = next(iter(_completed({granting: None}))).result()
+                _log.info("access: token valid until %s", grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
         rdv.publish(ready(state.rank), {"cluster": state.name, "kubeconfig": str(cluster.kubeconfig),
                                         "address": plan.node_address, "api": api})
         me = Member(state.rank, node, state.name, cluster.kubeconfig, plan.node_address)

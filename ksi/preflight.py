@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -92,8 +93,14 @@ def run_checks(
         problems.append(state_problem)
     wrapper = cgroups.scope_wrapper(settings.systemd_scope)
     problems += system_problems(wrapper, kind_env)
-    version, tool_problems = tool_checks(settings.provider, kind_env)
-    problems += tool_problems
+    # The version checks start a process each: run them side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="checks") as pool:
+        tools = pool.submit(tool_checks, settings.provider, kind_env)
+        liqo = pool.submit(liqo_problems, kind_env) if multinode else None
+        version, tool_problems = tools.result()
+        problems += tool_problems
+        if liqo is not None:
+            problems += liqo.result()
     address = "127.0.0.1"
     if multinode:
         found = node_address(settings.node_address)
@@ -101,7 +108,6 @@ def run_checks(
             problems.append(Problem(EXIT_PREREQUISITE, "cannot tell this node's address (no IPv4 default route)",
                                     f"set {env_name('node_address')} to the address other nodes reach this one at"))
         address = found or address
-        problems += liqo_problems(kind_env)
 
     if problems:
         raise ChecksFailed(problems)

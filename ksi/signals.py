@@ -14,6 +14,7 @@ module-lock callbacks). So the handler also records the signal, and every place 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -82,8 +83,12 @@ _current: SignalGuard | None = None
 
 
 def check() -> None:
-    """Raise a pending interruption of the installed guard; call this wherever ksi waits."""
-    if _current is not None:
+    """Raise a pending interruption of the installed guard; call this wherever ksi waits.
+
+    Only the main thread raises it: a worker thread (peering, listing) must not swallow the main thread's
+    interruption; the main thread checks while it waits for the workers.
+    """
+    if _current is not None and threading.current_thread() is threading.main_thread():
         _current.check()
 
 

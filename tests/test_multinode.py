@@ -115,13 +115,16 @@ def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) 
     assert ran.read_text().split() == [leader]
     data = json.loads(report.read_text())
     assert data["missing"] == [] and data["api_status"] == 200
-    assert len(data["nodes"]) == 3
-    assert data["nodes"][0] == f"{data['env']['K8S_CLUSTER_NAME']}-control-plane"
+    records = multi.records()
+    leader_cluster = records[leader]["cluster"]
+    assert data["env"]["K8S_CLUSTER_NAME"] == leader_cluster
+    # the leader's own node and one virtual node per peered cluster (Liqo names it after the cluster id)
+    assert sorted(data["nodes"]) == sorted([f"{leader_cluster}-control-plane",
+                                            *(records[n]["cluster"] for n in multi.bed.node_names[1:])])
     assert data["kubeconfig_mode"] == "0o600" and data["run_dir_mode"] == "0o700"
     # the API is published on the leader's own address, so other nodes could reach it
     leader_address = multi.bed.node(leader).address
     assert data["env"]["K8S_CLUSTER_API"].startswith(f"https://{leader_address}:")
-    records = multi.records()
     assert sorted(records) == sorted(multi.bed.node_names)
     assert {r["state"] for r in records.values()} == {"done"}
     assert len({r["cluster"] for r in records.values()}) == 3
@@ -229,10 +232,10 @@ def test_frozen_leader_is_declared_dead_by_its_heartbeat(multi: Multi) -> None:
     os.kill(pid, signal.SIGSTOP)
     try:
         for node in multi.bed.node_names[1:]:
-            wait_for(lambda node=node: multi.records().get(node, {}).get("state") == "failed", 60,
+            wait_for(lambda: multi.records().get(node, {}).get("state") == "failed", 60,  # noqa: B023
                      f"{node} to give up on its leader")
-            pid = multi.records()[node]["pid"]
-            wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 30, f"ksi on {node} to exit")
+            follower = Path(f"/proc/{multi.records()[node]['pid']}")
+            wait_for(lambda: not follower.exists(), 30, f"ksi on {node} to exit")  # noqa: B023
         _followers_clean_leader_left(multi)
     finally:
         for sig in (signal.SIGKILL, signal.SIGCONT):  # srun may have ended the frozen leader already
