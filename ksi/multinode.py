@@ -295,8 +295,7 @@ class _FollowerWatch:
         """Stop watching and note lost nodes in the run record."""
         self._stop.set()
         self._thread.join(timeout=5)
-        if self.lost:
-            self._record.error = "lost nodes during the workload: " + ", ".join(self.lost)
+        self._record.lost_nodes = list(self.lost)
 
 
 def run(  # noqa: PLR0915 - the run reads best as one sequence of phases

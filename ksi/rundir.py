@@ -66,6 +66,7 @@ class RunRecord:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     pid: int = field(default_factory=os.getpid)
+    lost_nodes: list[str] = field(default_factory=list)  # followers that fell silent during the workload
 
     def save(self, **changes: Any) -> None:
         """Apply ``changes`` and rewrite run.json."""

@@ -297,3 +297,32 @@ def test_stale_run_directory_of_the_same_job_id_is_ignored(multi: Multi) -> None
     assert f"wait: the workload on {multi.bed.node_names[0]} exited with status 0" in output, output
     assert [p for p in (multi.shared / "ksi-runs").iterdir() if ".stale-" in p.name]
     multi.assert_clean()
+
+
+def test_lost_follower_is_named_and_the_workload_keeps_running(multi: Multi) -> None:
+    """The documented policy: the leader reports the silent node by name; the workload is not stopped."""
+    release, running = multi.shared / "release", multi.shared / "running"
+    w = workload(multi, "w.sh", f"""\
+        touch "{running}"
+        for i in $(seq 600); do [ -e "{release}" ] && exit 0; sleep 0.1; done
+        exit 9
+        """)
+    process = subprocess.Popen(["srun", "-N3", "--ntasks-per-node=1", *multi.ksi_argv(w)], cwd=multi.shared,
+                               env=multi.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leader, follower = multi.bed.node_names[0], multi.bed.node_names[2]
+    wait_for(running.exists, 60, "the workload to start")
+    follower_pid = multi.records()[follower]["pid"]
+    leader_log = next((multi.shared / "ksi-runs").glob(f"*/nodes/{leader}/ksi.log"))
+    os.kill(follower_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: f"node {follower} stopped responding" in leader_log.read_text(), 30,
+                 "the leader to notice the silent follower")
+        release.touch()  # the workload was not stopped: it still finishes on its own terms
+        wait_for(lambda: multi.records()[leader].get("state") == "done", 30, "the leader to finish")
+    finally:
+        os.kill(follower_pid, signal.SIGCONT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"ksi[{leader}] workload: exited with status 0" in err
+    assert multi.records()[leader]["lost_nodes"] == [follower]
+    multi.assert_clean()
