@@ -33,7 +33,7 @@ from ksi.rendezvous import (
     join,
     ready,
 )
-from ksi.run import NodeCluster, Phases, RunOptions, finish, signame, workload_environment
+from ksi.run import NodeCluster, Phases, RunOptions, finish, job_end_lookup, signame, workload_environment
 from ksi.settings import Settings
 from ksi.signals import SignalGuard
 from ksi.slurm import SlurmContext, expand_nodelist
@@ -332,6 +332,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
         cluster = NodeCluster(state.name, node, slurm.job_id, node_dir, settings, plan, kind_env, state.teardown)
         state._cluster = cluster
         importing = access.warm_import() if state.rank == 0 else None
+        job_end = job_end_lookup(slurm, environ) if state.rank == 0 else None
         with state.phases.phase("create"):
             api = cluster.create(port, plan.node_address, () if state.rank == 0 else (gateway,))
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", state.name,
@@ -342,9 +343,11 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
             if importing is not None:
                 loaded = importing
 
+                ending = job_end
+
                 def grant_access() -> access.Access:
                     loaded.join()
-                    return cluster.grant_access(slurm.end_time)
+                    return cluster.grant_access(ending.result() if ending is not None else None)
 
                 granting = pool.submit(grant_access)
             with state.phases.phase("liqo install"):

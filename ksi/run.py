@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -25,6 +26,7 @@ from ksi.runtimes import ContainerRuntime, runtime_for
 from ksi.settings import Settings
 from ksi.signals import SignalGuard
 from ksi.slurm import SlurmContext
+from ksi.squeue import Squeue
 from ksi.state import create_secret_file, node_lock
 from ksi.teardown import Teardown
 
@@ -129,6 +131,20 @@ class NodeCluster:
         return access.grant_admin(self.kubeconfig, self.name, lifetime)
 
 
+def job_end_lookup(slurm: SlurmContext, environ: Mapping[str, str]) -> concurrent.futures.Future[int | None]:
+    """Find out in the background when the job's time limit hits (for the token's lifetime).
+
+    SLURM_JOB_END_TIME exists from Slurm 23.02; before that, squeue knows.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-end")
+    if slurm.end_time is not None or slurm.job_id is None:
+        future = pool.submit(lambda: slurm.end_time)
+    else:
+        future = pool.submit(Squeue(environ).end_time, slurm.job_id)
+    pool.shutdown(wait=False)
+    return future
+
+
 def workload_environment(environ: Mapping[str, str], cluster: NodeCluster, api: str, port: int,
                          grant: access.Access) -> dict[str, str]:
     """Return the workload's environment: the caller's plus the cluster's variables."""
@@ -187,6 +203,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
         record.save(port=port)
 
         importing = access.warm_import()
+        job_end = job_end_lookup(slurm, environ)
         with phases.phase("create"):
             api = cluster.create(port)
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", name, phases.seconds["create"],
@@ -195,7 +212,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
 
         with phases.phase("access"):
             importing.join()
-            grant = cluster.grant_access(slurm.end_time)
+            grant = cluster.grant_access(job_end.result())
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ksi import proc
-from ksi.errors import CommandFailed
+from ksi.errors import CommandFailed, KsiError
 
 _UNKNOWN_JOB = "Invalid job id"  # squeue's stderr (exit 1) for a job the controller has forgotten
 
@@ -31,3 +31,27 @@ class Squeue:
             raise CommandFailed(argv, result.returncode, result.stdout, result.stderr, step="squeue")
         states = [line.strip() for line in result.stdout.splitlines() if line.strip()]
         return states[0] if states else None
+
+    def end_time(self, job_id: str, *, timeout: float = 15.0) -> int | None:
+        """Run ``squeue -h -j ID -o %e`` and return when the job's time limit hits (epoch seconds).
+
+        None when the job has no limit, Slurm does not say, or squeue cannot answer (never raises: a token
+        lifetime falls back to its default).
+        """
+        env = {**self._env, "SLURM_TIME_FORMAT": "%Y-%m-%dT%H:%M:%S"}
+        try:
+            result = proc.run(["squeue", "-h", "-j", job_id, "-o", "%e"], env=env, timeout=timeout, check=False,
+                              step="squeue")
+        except KsiError:
+            return None
+        return parse_end_time(result.stdout) if result.returncode == 0 else None
+
+
+def parse_end_time(text: str) -> int | None:
+    """Return the epoch seconds of squeue's ``%e`` (local time), or None for N/A, Unknown or garbage."""
+    import time
+
+    try:
+        return int(time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -109,9 +111,14 @@ def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) 
         hostname >> "{ran}"
         exec "{WORKLOADS / 'check_env.py'}" "$@"
         """)
-    result = multi.srun(wrapper, "--", str(report))
+    result = multi.srun(wrapper, "--", str(report), srun_flags=("--ntasks-per-node=1", "--time=180"))
     assert result.returncode == 0, result.stderr
     leader = multi.bed.node_names[0]
+    # Slurm 22.05 has no SLURM_JOB_END_TIME: the token must still outlive the 3-hour job (plus an hour).
+    until = re.search(r"access: token valid until (\S+)Z", result.stderr)
+    assert until is not None, result.stderr
+    hours = (datetime.datetime.fromisoformat(until[1]).replace(tzinfo=datetime.UTC).timestamp() - time.time()) / 3600
+    assert 3.9 < hours < 4.1, hours
     assert ran.read_text().split() == [leader]
     data = json.loads(report.read_text())
     assert data["missing"] == [] and data["api_status"] == 200

@@ -281,3 +281,25 @@ def test_process_start_identifies_this_process() -> None:
 def test_recorded_kind_config_is_valid_yaml() -> None:
     data = yaml.safe_load((DATA / "kind-config.golden.yaml").read_text())
     assert data["kind"] == "Cluster"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-24T19:00:00\n", "2026-11-24T19:00:00"), ("N/A\n", None), ("Unknown", None), ("", None),
+])
+def test_squeue_end_time_parsing(text: str, expected: str | None) -> None:
+    import time
+
+    from ksi.squeue import parse_end_time
+
+    parsed = parse_end_time(text)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed == int(time.mktime(time.strptime(expected, "%Y-%m-%dT%H:%M:%S")))
+
+
+@pytest.mark.parametrize(("job_end", "expected"), [(None, 86400), (1000 + 7200, 7200 + 3600), (500, 86400)])
+def test_token_lifetime_covers_the_job(job_end: int | None, expected: int) -> None:
+    from ksi.access import token_lifetime
+
+    assert token_lifetime(1000, job_end, 86400) == expected
