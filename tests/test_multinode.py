@@ -333,3 +333,14 @@ def test_lost_follower_is_named_and_the_workload_keeps_running(multi: Multi) -> 
     assert f"ksi[{leader}] workload: exited with status 0" in err
     assert multi.records()[leader]["lost_nodes"] == [follower]
     multi.assert_clean()
+
+
+def test_one_node_step_is_the_one_node_run_without_liqo(multi: Multi) -> None:
+    result = multi.srun(workload(multi, "w.sh", 'echo "nodes=${KSI_NODE_COUNT:-unset}"\n'), nodes=1,
+                        env={"KSI_SIM_FAULTS": "liqoctl-install:fail,liqoctl-peer:fail"})
+    assert result.returncode == 0, result.stderr
+    assert "nodes=unset" in result.stdout
+    assert "liqo" not in result.stderr.lower()
+    [run_dir] = (multi.shared / "ksi-runs").iterdir()
+    assert re.fullmatch(r"ksi-\d+-[a-z0-9]{6}", run_dir.name)  # named after its cluster, not the step
+    multi.assert_clean()

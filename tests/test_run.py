@@ -351,3 +351,24 @@ def test_stale_cleanup_can_be_turned_off(ksi: KsiRunner, simhost: SimHost, tmp_p
     assert "removed stale cluster" not in result.stderr
     assert [c["name"] for c in simhost.containers() if c["alive"]] == [f"{stale}-control-plane"]
     simhost.kill_all()
+
+
+def test_sigterm_during_access_setup(ksi: KsiRunner, simhost: SimHost) -> None:
+    workload = script(ksi.cwd, "w.sh", "echo must-not-run\n")
+    process = ksi.start("run", str(workload), str(ksi.shared), env={"KSI_SIM_FAULTS": "api-token:slow=60"})
+    wait_for(lambda: state_of(ksi) == "access", 30, "ksi to ask for its token")
+    process.send_signal(signal.SIGTERM)
+    status, out, err = finish(process)
+    assert status == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM during access" in err
+    assert "must-not-run" not in out
+    assert_nothing_left(ksi, simhost)
+
+
+def test_refused_token_request_fails_the_access_phase(ksi: KsiRunner, simhost: SimHost) -> None:
+    result = ksi.run("run", str(script(ksi.cwd, "w.sh", "echo must-not-run\n")), str(ksi.shared),
+                     env={"KSI_SIM_FAULTS": "api-token:fail"})
+    assert result.returncode == 1, result.stderr
+    assert "error: access: request token failed: HTTP 500" in result.stderr
+    assert "must-not-run" not in result.stdout
+    assert_nothing_left(ksi, simhost)

@@ -29,6 +29,8 @@ from socket import socket
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
+from tests.simhost.common import fault_for
+
 Obj = dict[str, Any]
 RBAC = "rbac.authorization.k8s.io"
 SUPERUSERS = "system:masters"
@@ -82,6 +84,19 @@ def rfc3339(moment: float | None = None) -> str:
     """Format a UTC time the way Kubernetes does in metadata (``2025-01-02T03:04:05Z``)."""
     return datetime.fromtimestamp(time.time() if moment is None else moment, UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_fault() -> None:
+    """Apply KSI_SIM_FAULTS' api-token fault (inherited from `kind create`): slow, hang, or a 500."""
+    fault = fault_for("api-token")
+    if fault is None:
+        return
+    if fault.mode == "slow":
+        time.sleep(fault.seconds)
+    elif fault.mode == "hang":
+        threading.Event().wait()
+    else:
+        raise ApiError(500, "InternalError", "etcdserver: request timed out (simulated by KSI_SIM_FAULTS)")
 
 
 class ApiError(Exception):
@@ -407,6 +422,8 @@ class Cluster:
         if res is None or (route.namespace is not None and not res.namespaced):
             raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
         selector = parse_selector(query.get("labelSelector", [""])[0])
+        if route.sub == "token":
+            token_fault()  # outside the lock: a slow TokenRequest must not stall other requests
         with self.lock:
             if route.sub is not None:
                 if (res.plural, route.sub, method) != ("serviceaccounts", "token", "POST") or route.name is None:

@@ -37,6 +37,7 @@ FAULT_OPS = frozenset({
     "kind-create", "kind-delete",
     "nerdctl-ps", "nerdctl-rm", "nerdctl-info", "nerdctl-inspect",
     "liqoctl-install", "liqoctl-peer", "liqoctl-unpeer",
+    "api-token",  # the node container's API server answering a TokenRequest (set when the cluster is created)
 })
 
 
