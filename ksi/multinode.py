@@ -19,7 +19,6 @@ from ksi import settings as settings_mod
 from ksi.cleanup import remove_stale
 from ksi.errors import Interrupted, KsiError, UsageError
 from ksi.liqo import Endpoint, Liqoctl
-from ksi.ports import PortReservations
 from ksi.preflight import Plan, kind_environment, run_checks
 from ksi.rendezvous import (
     DONE,
@@ -33,7 +32,16 @@ from ksi.rendezvous import (
     join,
     ready,
 )
-from ksi.run import NodeCluster, Phases, RunOptions, finish, job_end_lookup, signame, workload_environment
+from ksi.run import (
+    NodeCluster,
+    Phases,
+    RunOptions,
+    finish,
+    job_end_lookup,
+    reserve_port,
+    signame,
+    workload_environment,
+)
 from ksi.settings import Settings
 from ksi.signals import SignalGuard
 from ksi.slurm import SlurmContext, expand_nodelist
@@ -88,6 +96,7 @@ class _Run:
         self.rdv: Rendezvous | None = None
         self.started = time.time()
         self.liqoctl = Liqoctl(kind_env)
+        self.cluster: NodeCluster | None = None
 
     def node_of(self, rank: int) -> str:
         """Return the node name of ``rank`` (Slurm places rank i on the i-th node of a one-task-per-node step)."""
@@ -100,14 +109,11 @@ class _Run:
         assert self.slurm.job_id is not None and self.slurm.step_id is not None
         path = Rendezvous.location(self.plan.shared_dir, self.slurm.job_id, self.slurm.step_id,
                                    self.slurm.restart_count)
-        reservations = PortReservations(self.settings.state_dir)
         if self.rank == 0:
             rdv = self.rdv = Rendezvous.create(path, self.node)
             try:
-                port = reservations.reserve(self.plan.port, self.name)
-                self.teardown.push("release port", reservations.release, port, self.name)
-                gateway = reservations.reserve(None, self.name, udp=True)
-                self.teardown.push("release gateway port", reservations.release, gateway, self.name)
+                port = self.reserve(self.plan.port)
+                gateway = self.reserve(None, udp=True)
             except BaseException:
                 rdv.publish(LEADER, {"started": self.started})  # lets the followers join and see the abort
                 raise
@@ -119,17 +125,17 @@ class _Run:
                 leader = rdv.wait("the leader's ports", lambda: d if (d := rdv.read(LEADER)) and "port" in d else None,
                                   self.settings.rendezvous_timeout,
                                   lambda: KsiError("the leader announced the run but no ports", step="rendezvous"))
-            port, gateway = int(leader["port"]), int(leader["gateway_port"])
             try:
-                port = reservations.reserve(port, self.name)
-                self.teardown.push("release port", reservations.release, port, self.name)
-                gateway = reservations.reserve(gateway, self.name, udp=True)
-                self.teardown.push("release gateway port", reservations.release, gateway, self.name)
+                port = self.reserve(int(leader["port"]))
+                gateway = self.reserve(int(leader["gateway_port"]), udp=True)
             except KsiError as exc:
                 exc.message = f"{exc.message} (chosen by the leader {self.node_of(0)})"
                 raise
-        self.rdv = rdv
         return rdv, port, gateway
+
+    def reserve(self, port: int | None, *, udp: bool = False) -> int:
+        """Reserve ``port`` (a random free one when None) on this node until teardown."""
+        return reserve_port(self.settings.state_dir, self.teardown, self.name, port, udp=udp)
 
     def members(self, files: Mapping[int, dict[str, Any]]) -> list[Member]:
         """Return the members described by the ready files ``files``."""
@@ -208,7 +214,8 @@ class _Run:
                   me.cluster, self.phases.seconds["peer"], self.size)
         rdv.publish(PEERED)
         assert self.record is not None
-        env = workload_environment(self.environ, self._cluster, api, port, grant)
+        assert self.cluster is not None
+        env = workload_environment(self.environ, self.cluster, api, port, grant)
         env.update({
             "KSI_RUN_DIR": str(rdv.path),
             "KSI_NODE_COUNT": str(self.size),
@@ -253,8 +260,6 @@ class _Run:
         status = int(done["status"])
         _log.info("wait: the workload on %s exited with status %d", leader, status)
         return status
-
-    _cluster: NodeCluster
 
 
 def _completed(futures: Mapping[concurrent.futures.Future[T], Any]) -> Iterator[concurrent.futures.Future[T]]:
@@ -330,7 +335,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
         state.record = rundir.RunRecord(node_dir / rundir.RECORD, state.name, node, slurm.job_id, port=port)
         state.record.save(state="creating", phases=state.phases.seconds)
         cluster = NodeCluster(state.name, node, slurm.job_id, node_dir, settings, plan, kind_env, state.teardown)
-        state._cluster = cluster
+        state.cluster = cluster
         importing = access.warm_import() if state.rank == 0 else None
         job_end = job_end_lookup(slurm, environ) if state.rank == 0 else None
         with state.phases.phase("create"):

@@ -85,6 +85,14 @@ def delete_cluster(kind: Kind, runtime: ContainerRuntime, registry: Registry, na
     rundir.remove_secrets(run_dir)
 
 
+def reserve_port(state_dir: Path, teardown: Teardown, cluster: str, wanted: int | None, *, udp: bool = False) -> int:
+    """Reserve ``wanted`` (a random free port when None) on this node for ``cluster``, released at teardown."""
+    reservations = PortReservations(state_dir)
+    port = reservations.reserve(wanted, cluster, udp=udp)
+    teardown.push(f"release port {port}", reservations.release, port, cluster)
+    return port
+
+
 class NodeCluster:
     """The cluster of this node for one run; every step registers its undo on ``teardown`` before it acts."""
 
@@ -104,10 +112,7 @@ class NodeCluster:
 
     def reserve_port(self, wanted: int | None) -> int:
         """Reserve K8S_PORT on this node (released at teardown)."""
-        reservations = PortReservations(self.settings.state_dir)
-        port = reservations.reserve(wanted, self.name)
-        self._teardown.push("release port", reservations.release, port, self.name)
-        return port
+        return reserve_port(self.settings.state_dir, self._teardown, self.name, wanted)
 
     def create(self, port: int, api_address: str = "127.0.0.1", udp_ports: tuple[int, ...] = ()) -> str:
         """Create the kind cluster (serialised per user and node) and return its API server URL."""
