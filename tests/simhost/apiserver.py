@@ -29,7 +29,7 @@ from socket import socket
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from tests.simhost.common import fault_for
+from tests.simhost.common import delay_or_fail
 
 Obj = dict[str, Any]
 RBAC = "rbac.authorization.k8s.io"
@@ -88,14 +88,7 @@ def rfc3339(moment: float | None = None) -> str:
 
 def token_fault() -> None:
     """Apply KSI_SIM_FAULTS' api-token fault (inherited from `kind create`): slow, hang, or a 500."""
-    fault = fault_for("api-token")
-    if fault is None:
-        return
-    if fault.mode == "slow":
-        time.sleep(fault.seconds)
-    elif fault.mode == "hang":
-        threading.Event().wait()
-    else:
+    if delay_or_fail("api-token"):  # hang blocks only this request's thread
         raise ApiError(500, "InternalError", "etcdserver: request timed out (simulated by KSI_SIM_FAULTS)")
 
 

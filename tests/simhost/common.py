@@ -224,6 +224,19 @@ def fault_for(op: str) -> Fault | None:
     return found
 
 
+def delay_or_fail(op: str) -> bool:
+    """Apply the hang or slow fault of ``op`` here; return True when ``op`` must fail (the caller says how)."""
+    fault = fault_for(op)
+    if fault is None:
+        return False
+    if fault.mode == "hang":
+        hang()
+    if fault.mode == "slow":
+        time.sleep(fault.seconds)
+        return False
+    return True
+
+
 def hang() -> NoReturn:
     """Block until a signal kills this process (SIGTERM and SIGKILL keep their default action)."""
     while True:

@@ -21,7 +21,7 @@ import yaml
 
 from tests.simhost import kubeconfig
 from tests.simhost.apiserver import rfc3339
-from tests.simhost.common import Flag, NotModelled, fault_for, hang, parse_duration, parse_flags, run_tool
+from tests.simhost.common import Flag, NotModelled, delay_or_fail, parse_duration, parse_flags, run_tool
 from tests.simhost.kubeclient import ApiUnreachable, KubeClient
 from tests.simhost.node import GATEWAY_PROBE
 
@@ -94,15 +94,8 @@ def require_installation(client: KubeClient, namespace: str, where: str) -> dict
 
 def apply_fault(op: str, message: str) -> None:
     """Apply the KSI_SIM_FAULTS fault for ``op``."""
-    fault = fault_for(op)
-    if fault is None:
-        return
-    if fault.mode == "hang":
-        hang()
-    if fault.mode == "slow":
-        time.sleep(fault.seconds)
-        return
-    raise LiqoError(f"{message}: context deadline exceeded (simulated by KSI_SIM_FAULTS)")
+    if delay_or_fail(op):
+        raise LiqoError(f"{message}: context deadline exceeded (simulated by KSI_SIM_FAULTS)")
 
 
 def install(values: dict[str, Any]) -> None:

@@ -28,8 +28,7 @@ from tests.simhost.common import (
     Flag,
     NotModelled,
     SimError,
-    fault_for,
-    hang,
+    delay_or_fail,
     kill_process,
     load_containers,
     locked,
@@ -58,16 +57,10 @@ def fatal(message: str) -> NerdctlFailure:
 
 def apply_fault(op: str) -> None:
     """Apply the KSI_SIM_FAULTS fault for ``op``: hang, sleep, or fail as a stopped rootless containerd does."""
-    fault = fault_for(op)
-    if fault is None:
-        return
-    if fault.mode == "hang":
-        hang()
-    if fault.mode == "slow":
-        time.sleep(fault.seconds)
-        return
-    raise fatal("rootless containerd not running? (hint: use `containerd-rootless-setuptool.sh install` to start "
-                f"rootless containerd): stat /run/user/{os.getuid()}/containerd-rootless: no such file or directory")
+    if delay_or_fail(op):
+        raise fatal("rootless containerd not running? (hint: use `containerd-rootless-setuptool.sh install` to "
+                    f"start rootless containerd): stat /run/user/{os.getuid()}/containerd-rootless: no such file "
+                    "or directory")
 
 
 def containers() -> list[Container]:
