@@ -27,6 +27,7 @@ from ksi import settings as settings_mod
 from ksi.cleanup import remove_stale
 from tests.ksi_helpers import KsiRunner, finish, wait_for
 from tests.simhost.plugin import SimHost
+from tests.testbed.plugin import SlurmBed
 
 LABEL = "io.x-k8s.kind.cluster"
 HELD = """\
@@ -419,7 +420,7 @@ def test_remove_stale_is_what_ksi_run_calls_before_creating(bench: Bench, caplog
 
 # --- another user ------------------------------------------------------------------------------------------------
 
-OTHER_USER = "ksitest"
+OTHER_USER = "ksitest"  # created by the Slurm test bed (its second user)
 # The second user runs the simulated tools with Debian's Python (PyYAML and cryptography from apt, which
 # .ci/run installs): this test's own interpreter may live under /root, which other users cannot read.
 OTHER_PYTHON = "/usr/bin/python3"
@@ -443,9 +444,8 @@ def as_other_user(simhost: SimHost, *argv: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to a second user needs root")
-def test_another_users_clusters_are_never_touched(bench: Bench) -> None:
-    if subprocess.run(["id", OTHER_USER], capture_output=True, check=False).returncode != 0:
-        pytest.skip(f"no user {OTHER_USER} (the Slurm test bed creates it)")
+def test_another_users_clusters_are_never_touched(bench: Bench, slurm_bed: SlurmBed) -> None:
+    assert slurm_bed.second_user == OTHER_USER  # the bed creates the user on a fresh machine
     if not other_python_ready():
         pytest.skip(f"{OTHER_PYTHON} lacks PyYAML or cryptography (apt-get install python3-yaml python3-cryptography)")
     name = "ksi-local-other1"
