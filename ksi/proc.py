@@ -29,7 +29,6 @@ _KILL_GRACE = 2.0
 _SLICE = 0.25  # seconds between checks for a stop signal while a command runs
 _live: set[subprocess.Popen[str]] = set()  # children of every thread, for terminate_all()
 _live_lock = threading.Lock()
-_SHIELDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,10 @@ def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
     return shutil.which(program, path=path)
 
 
-def _ignore_stop_signals() -> None:
-    """Run in the child before exec: ignore the signals scancel and Ctrl-C send (kept across exec)."""
-    for sig in _SHIELDED_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+# A shielded command starts through sh, which sets the stop signals to "ignore" and execs the command:
+# ignored signals stay ignored across exec. (Popen's preexec_fn would do the same in Python, but it is
+# documented as unsafe while other threads run, and ksi has threads during teardown.)
+_SHIELD = ("/bin/sh", "-c", 'trap "" TERM INT HUP; exec "$@"', "sh")
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
@@ -114,13 +113,13 @@ def run(
         )
     _log.debug("run: %s", shlex.join(argv))
     started = time.monotonic()
-    popen = local[exe][list(argv[1:])].popen(
+    command = local[_SHIELD[0]][[*_SHIELD[1:], exe, *argv[1:]]] if shielded else local[exe][list(argv[1:])]
+    popen = command.popen(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env,
         process_group=0,
-        preexec_fn=_ignore_stop_signals if shielded else None,
         encoding="utf-8",
         errors="replace",
     )
