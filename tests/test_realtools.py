@@ -72,3 +72,11 @@ def test_real_multi_node_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     data = json.loads(report.read_text())
     report.unlink()
     assert len(data["nodes"]) == nodes
+
+
+def test_real_node_passes_ksi_doctor(tmp_path: Path) -> None:
+    """On a prepared node every prerequisite check passes (setup/README.md says how to get there)."""
+    result = subprocess.run([sys.executable, "-m", "ksi", "doctor", str(tmp_path)], env=_env(), capture_output=True,
+                            text=True, timeout=120, check=False)
+    failures = [line for line in result.stdout.splitlines() if " FAIL " in line]
+    assert result.returncode == 0 and failures == [], "\n".join(failures) or result.stderr
