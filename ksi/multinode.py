@@ -129,7 +129,7 @@ class _Run:
                 port = self.reserve(int(leader["port"]))
                 gateway = self.reserve(int(leader["gateway_port"]), udp=True)
             except KsiError as exc:
-                exc.message = f"{exc.message} (chosen by the leader {self.node_of(0)})"
+                exc.message = f"{exc.message} (the run's port, published by the leader {self.node_of(0)})"
                 raise
         return rdv, port, gateway
 

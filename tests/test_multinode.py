@@ -22,6 +22,7 @@ import pytest
 
 from tests.ksi_helpers import REPO, WORKLOADS, wait_for
 from tests.simhost.plugin import SimHost
+from tests.testbed import bedctl
 from tests.testbed.plugin import SlurmBed
 
 pytestmark = pytest.mark.slurm
@@ -343,4 +344,23 @@ def test_one_node_step_is_the_one_node_run_without_liqo(multi: Multi) -> None:
     assert "liqo" not in result.stderr.lower()
     [run_dir] = (multi.shared / "ksi-runs").iterdir()
     assert re.fullmatch(r"ksi-\d+-[a-z0-9]{6}", run_dir.name)  # named after its cluster, not the step
+    multi.assert_clean()
+
+
+def test_a_node_that_cannot_bind_the_runs_port_fails_the_run(multi: Multi) -> None:
+    busy = multi.bed.node_names[1]
+    listener = ("import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', 31999)); s.listen(); "
+                "print('ready', flush=True); time.sleep(120)")
+    holder = subprocess.Popen(bedctl.nsenter_argv(multi.bed.anchor_pid(busy), [sys.executable, "-c", listener],
+                                                  workdir="/"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        result = multi.srun(workload(multi, "w.sh", "echo must-not-run\n"), env={"K8S_PORT": "31999"})
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert result.returncode != 0
+    assert (f"ksi[{busy}] error: port: K8S_PORT 31999 is already in use on this node (the run's port, published "
+            f"by the leader {multi.bed.node_names[0]})") in result.stderr, result.stderr
+    assert "must-not-run" not in result.stdout
     multi.assert_clean()
