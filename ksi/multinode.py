@@ -312,12 +312,14 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
     settings, problems = settings_mod.load(environ, opts.overrides)
     kind_env = kind_environment(settings, environ)
     plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, problems, environ, kind_env,
-                      multinode=True)
+                      multinode=True, runs_workload=slurm.procid == 0)
     state = _Run(slurm, node, settings, plan, kind_env, environ)
     state.phases.seconds["checks"] = round(time.monotonic() - started, 3)
     role = "leader" if state.rank == 0 else f"follower of {state.node_of(0)}"
     _log.info("checks: ok in %.2f s (rank %d of %d, %s, address %s)", state.phases.seconds["checks"], state.rank,
               state.size, role, plan.node_address)
+    if state.rank == 0 and plan.workload.via_bash:
+        _log.info("checks: %s %s; running it with bash", plan.workload.path, plan.workload.via_bash)
     status: int | None = None
     error: BaseException | None = None
     try:

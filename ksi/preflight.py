@@ -65,11 +65,16 @@ def run_checks(
     kind_env: Mapping[str, str],
     *,
     multinode: bool = False,
+    runs_workload: bool = True,
 ) -> Plan:
-    """Check inputs, settings, tools and the system; return the Plan or raise ChecksFailed with all problems."""
+    """Check inputs, settings, tools and the system; return the Plan or raise ChecksFailed with all problems.
+
+    The workload's interpreter is checked only where it will run (``runs_workload``: the leader of a
+    multi-node run), since the other nodes never start it.
+    """
     problems: list[Problem] = list(setting_problems)
 
-    resolved = resolve(workload, args)
+    resolved = resolve(workload, args, environ.get("PATH", os.defpath), check_interpreter=runs_workload)
     if isinstance(resolved, Problem):
         problems.append(resolved)
     shared = check_shared_dir(shared_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ksi import log, signals
-from ksi.errors import EXIT_USAGE, Interrupted, Problem
+from ksi.errors import EXIT_USAGE, Interrupted, KsiError, Problem
 
 _log = log.get(__name__)
 _PUMP_JOIN = 5.0
@@ -22,37 +23,75 @@ _PUMP_JOIN = 5.0
 
 @dataclass(frozen=True)
 class Workload:
-    """A checked workload: the argv that starts it and whether bash runs it."""
+    """A checked workload: the argv that starts it, and why bash runs it (empty when it runs directly)."""
 
     path: Path
     argv: tuple[str, ...]
-    via_bash: bool
+    via_bash: str = ""
 
 
-def resolve(text: str, args: Sequence[str]) -> Workload | Problem:  # noqa: PLR0911 - one return per finding
+_ELF = b"\x7fELF"
+
+
+def _interpreter_problem(path: Path, line: bytes, search_path: str) -> Problem | None:
+    """Return the problem with a ``#!`` line whose interpreter (or the program env runs) is missing."""
+    words = line[2:].decode(errors="replace").split()
+    shown = str(path)
+    if not words:
+        return Problem(EXIT_USAGE, f"workload {shown!r} has an empty #! line", "name an interpreter in the #! line")
+    interpreter = Path(words[0]) if os.path.isabs(words[0]) else path.parent / words[0]
+    if not (interpreter.is_file() and os.access(interpreter, os.X_OK)):
+        return Problem(EXIT_USAGE, f"workload {shown!r} names the interpreter {words[0]!r} in its #! line, "
+                       "which does not exist on this node", f"install {words[0]} or correct the #! line")
+    if interpreter.name != "env":
+        return None
+    # `#!/usr/bin/env [-S] [-i] [NAME=VALUE...] PROGRAM`: the program is looked up on the workload's PATH.
+    program = next((w for w in " ".join(words[1:]).split() if not w.startswith("-") and "=" not in w), None)
+    if program is None or shutil.which(program, path=search_path):
+        return None
+    return Problem(EXIT_USAGE, f"workload {shown!r} runs {program!r} through env in its #! line, but {program} "
+                   "is not on PATH on this node", f"install {program}, put it on PATH, or correct the #! line")
+
+
+def resolve(text: str, args: Sequence[str], search_path: str = os.defpath, *,  # noqa: PLR0911 - one per finding
+            check_interpreter: bool = True) -> Workload | Problem:
     """Return how to run the workload file ``text`` with ``args``, or the problem with it.
 
-    Executable files run directly; a readable, non-executable text file runs with bash (as the prototype
-    did); anything else is a problem.
+    Executable files with a ``#!`` line or a binary format run directly, after checking that the interpreter
+    exists (with ``check_interpreter``; ``search_path`` is the workload's PATH for ``#!/usr/bin/env X``).
+    Text files without execute permission or without a ``#!`` line run with bash, as the prototype did (and
+    as a shell would); a binary without execute permission is a problem.
     """
     path = Path(text).expanduser().absolute()
+    shown = str(path)
     fix_path = "give the path of an existing workload script"
     if not path.exists():
-        return Problem(EXIT_USAGE, f"workload {str(path)!r} does not exist", fix_path)
+        return Problem(EXIT_USAGE, f"workload {shown!r} does not exist", fix_path)
     if path.is_dir():
-        return Problem(EXIT_USAGE, f"workload {str(path)!r} is a directory, not a script", fix_path)
+        return Problem(EXIT_USAGE, f"workload {shown!r} is a directory, not a script", fix_path)
     if not path.is_file():
-        return Problem(EXIT_USAGE, f"workload {str(path)!r} is not a regular file", fix_path)
+        return Problem(EXIT_USAGE, f"workload {shown!r} is not a regular file", fix_path)
     if not os.access(path, os.R_OK):
-        return Problem(EXIT_USAGE, f"workload {str(path)!r} is not readable", f"chmod u+r {str(path)!r}")
-    if os.access(path, os.X_OK):
-        return Workload(path, (str(path), *args), via_bash=False)
+        return Problem(EXIT_USAGE, f"workload {shown!r} is not readable", f"chmod u+r {shown!r}")
     with path.open("rb") as handle:
         head = handle.read(4096)
-    if b"\0" in head:
-        return Problem(EXIT_USAGE, f"workload {str(path)!r} is a binary without execute permission",
-                       f"chmod +x {str(path)!r}")
-    return Workload(path, ("bash", str(path), *args), via_bash=True)
+    binary = head.startswith(_ELF) or b"\0" in head
+    if os.access(path, os.X_OK):
+        if head.startswith(b"#!"):
+            problem = _interpreter_problem(path, head.split(b"\n", 1)[0], search_path) if check_interpreter else None
+            return problem or Workload(path, (shown, *args))
+        if binary:
+            return Workload(path, (shown, *args))
+        why = "has no #! line"
+    elif binary:
+        return Problem(EXIT_USAGE, f"workload {shown!r} is a binary without execute permission",
+                       f"chmod +x {shown!r}")
+    else:
+        why = "is not executable"
+    if shutil.which("bash", path=search_path) is None:
+        return Problem(EXIT_USAGE, f"workload {shown!r} {why} and bash, which would run it, is not on PATH",
+                       f"add a #! line and chmod +x {shown!r}, or install bash")
+    return Workload(path, ("bash", shown, *args), via_bash=why)
 
 
 def _pump(source: BinaryIO, sink: BinaryIO, keep: BinaryIO, lock: threading.Lock) -> None:
@@ -83,8 +122,13 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, gra
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
     lock = threading.Lock()
-    child = subprocess.Popen(list(workload.argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    try:
+        child = subprocess.Popen(list(workload.argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    except OSError as exc:  # checked up front, so only a change since then (or a broken binary) lands here
+        keep.close()
+        raise KsiError(f"cannot start the workload {str(workload.path)!r}: {exc.strerror}", step="workload",
+                       fix="check the file, its #! line and its permissions") from None
     assert child.stdout is not None and child.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, keep, lock), daemon=True),

@@ -238,11 +238,64 @@ def test_workload_resolution(tmp_path: Path) -> None:
     binary.write_bytes(b"\x7fELF\0\0\0")
     binary.chmod(0o644)
 
-    assert resolve(str(executable), ["a b"]) == Workload(executable, (str(executable), "a b"), via_bash=False)
-    assert resolve(str(text), []) == Workload(text, ("bash", str(text)), via_bash=True)
-    for path, message in ((tmp_path / "missing.sh", "does not exist"), (tmp_path, "is a directory"),
-                          (binary, "binary without execute permission")):
-        problem = resolve(str(path), [])
+    no_shebang = tmp_path / "no-shebang.sh"
+    no_shebang.write_text("echo hi\n")
+    no_shebang.chmod(0o755)
+    elf = tmp_path / "tool"
+    elf.write_bytes(b"\x7fELF\0\0\0")
+    elf.chmod(0o755)
+    env_script = tmp_path / "env.py"
+    env_script.write_text("#!/usr/bin/env -S python3 -u\n")
+    env_script.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "python3"):
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    path = str(bin_dir)
+
+    assert resolve(str(executable), ["a b"], path) == Workload(executable, (str(executable), "a b"))
+    assert resolve(str(elf), [], path) == Workload(elf, (str(elf),))
+    assert resolve(str(env_script), [], path) == Workload(env_script, (str(env_script),))
+    assert resolve(str(text), [], path) == Workload(text, ("bash", str(text)), via_bash="is not executable")
+    assert resolve(str(no_shebang), ["x"], path) == Workload(no_shebang, ("bash", str(no_shebang), "x"),
+                                                             via_bash="has no #! line")
+
+
+def _shebang(tmp_path: Path, line: str) -> Path:
+    path = tmp_path / "w.sh"
+    path.write_text(f"{line}\necho hi\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("#!/nonexistent/sh", "names the interpreter '/nonexistent/sh' in its #! line, which does not exist"),
+    ("#!", "has an empty #! line"),
+    ("#!/usr/bin/env python-that-is-not-there", "runs 'python-that-is-not-there' through env"),
+    ("#!/usr/bin/env -S A=1 no-such-tool --flag", "runs 'no-such-tool' through env"),
+])
+def test_workload_with_a_missing_interpreter_is_a_problem(tmp_path: Path, line: str, message: str) -> None:
+    problem = resolve(str(_shebang(tmp_path, line)), [], os.defpath)
+    assert isinstance(problem, Problem)
+    assert message in problem.message and problem.code == EXIT_USAGE and "#! line" in problem.fix
+    # Where the workload does not run (a follower of a multi-node run), the interpreter is not its business.
+    assert isinstance(resolve(str(_shebang(tmp_path, line)), [], os.defpath, check_interpreter=False), Workload)
+
+
+def test_workload_problems(tmp_path: Path) -> None:
+    binary = tmp_path / "blob"
+    binary.write_bytes(b"\x7fELF\0\0\0")
+    binary.chmod(0o644)
+    text = tmp_path / "plain.sh"
+    text.write_text("echo hi\n")
+    text.chmod(0o644)
+    for path, message, search in ((tmp_path / "missing.sh", "does not exist", os.defpath),
+                                  (tmp_path, "is a directory", os.defpath),
+                                  (binary, "binary without execute permission", os.defpath),
+                                  (text, "is not executable and bash, which would run it, is not on PATH",
+                                   str(tmp_path / "empty"))):
+        problem = resolve(str(path), [], search)
         assert isinstance(problem, Problem), path
         assert message in problem.message and problem.code == EXIT_USAGE
 

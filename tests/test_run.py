@@ -87,12 +87,16 @@ def test_exit_status_is_the_workloads(ksi: KsiRunner, simhost: SimHost, body: st
     assert_nothing_left(ksi, simhost)
 
 
-def test_non_executable_script_runs_with_bash_and_says_so(ksi: KsiRunner, simhost: SimHost) -> None:
-    workload = script(ksi.cwd, "plain.sh", 'echo "ran by $BASH"\n', executable=False)
+@pytest.mark.parametrize(("mode", "why"), [(0o644, "is not executable"), (0o755, "has no #! line")])
+def test_script_without_execute_bit_or_shebang_runs_with_bash_and_says_so(
+        ksi: KsiRunner, simhost: SimHost, mode: int, why: str) -> None:
+    workload = ksi.cwd / "plain.sh"
+    workload.write_text('echo "ran by $BASH"\n')
+    workload.chmod(mode)
     result = ksi.run("run", str(workload), str(ksi.shared))
     assert result.returncode == 0, result.stderr
-    assert "is not executable; running it with bash" in result.stderr
-    assert "ran by" in result.stdout
+    assert f"{why}; running it with bash" in result.stderr
+    assert "ran by /" in result.stdout
     assert_nothing_left(ksi, simhost)
 
 
@@ -132,6 +136,19 @@ def test_every_input_problem_is_reported_at_once(ksi: KsiRunner, simhost: SimHos
 def test_bad_port_from_environment(ksi: KsiRunner, simhost: SimHost, port: str, fragment: str) -> None:
     workload = script(ksi.cwd, "w.sh", "exit 0\n")
     result = ksi.run("run", str(workload), str(ksi.shared), env={"K8S_PORT": port})
+    assert_refused(ksi, simhost, result, 2, fragment)
+
+
+@pytest.mark.parametrize(("line", "fragment"), [
+    ("#!/usr/bin/env python-not-installed", "runs 'python-not-installed' through env in its #! line"),
+    ("#!/opt/nowhere/bin/bash", "names the interpreter '/opt/nowhere/bin/bash' in its #! line"),
+])
+def test_missing_interpreter_is_refused_before_anything_is_created(
+        ksi: KsiRunner, simhost: SimHost, line: str, fragment: str) -> None:
+    workload = ksi.cwd / "w.sh"
+    workload.write_text(f"{line}\nexit 0\n")
+    workload.chmod(0o755)
+    result = ksi.run("run", str(workload), str(ksi.shared))
     assert_refused(ksi, simhost, result, 2, fragment)
 
 
