@@ -9,14 +9,17 @@ PREFIX = "ksi-"
 MAX_LENGTH = 50  # kind derives container and host names from it; 50 leaves room for "-control-plane"
 _VALID = re.compile(r"^[a-z0-9.-]+$")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+# Exactly what cluster_name makes: a user's own `kind create cluster --name ksi-dev-abcdef` is not ksi's.
+_OURS = re.compile(r"ksi-(?:local|[0-9]{1,20})-[a-z0-9]{6}")
 SUFFIX_LENGTH = 6  # 36**6 ≈ 2e9 names: two runs started in the same second never meet
 
 
 def cluster_name(job_id: str | None) -> str:
-    """Return a fresh cluster name for a run of ``job_id`` (None outside Slurm)."""
-    job = re.sub(r"[^a-z0-9]", "", (job_id or "local").lower())[:20] or "local"
+    """Return a fresh cluster name for a run of Slurm job ``job_id`` (digits; None outside Slurm)."""
+    if job_id is not None and not job_id.isdigit():
+        raise ValueError(f"a Slurm job id is a number, not {job_id!r}")
     suffix = "".join(secrets.choice(_ALPHABET) for _ in range(SUFFIX_LENGTH))
-    name = f"{PREFIX}{job}-{suffix}"
+    name = f"{PREFIX}{job_id or 'local'}-{suffix}"
     assert is_valid(name), name
     return name
 
@@ -28,4 +31,4 @@ def is_valid(name: str) -> bool:
 
 def is_ksi_cluster(name: str) -> bool:
     """True for names ksi creates (it never touches any other cluster)."""
-    return bool(re.fullmatch(r"ksi-[a-z0-9]+-[a-z0-9]{6}", name))
+    return _OURS.fullmatch(name) is not None

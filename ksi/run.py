@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ksi import access, kindconfig, log, names, rundir, workload
+from ksi import access, kindconfig, log, rundir, workload
 from ksi import settings as settings_mod
 from ksi.cleanup import remove_stale
 from ksi.cluster import delete_verified
@@ -190,13 +190,12 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
               ".".join(map(str, plan.kind_version)), settings.provider,
               ", under systemd-run --scope" if plan.kind_wrapper else "")
 
-    name = names.cluster_name(slurm.job_id)
     teardown = Teardown()
     record: rundir.RunRecord | None = None
     status: int | None = None
     error: BaseException | None = None
     try:
-        run_dir = rundir.create(plan.shared_dir, name)
+        name, run_dir = rundir.create(plan.shared_dir, slurm.job_id)
         log.attach_file(run_dir / rundir.KSI_LOG)
         _log.info("run directory: %s", run_dir)
         record = rundir.RunRecord(run_dir / rundir.RECORD, name, node, slurm.job_id)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ksi import names
 from ksi.errors import PrerequisiteError
 from ksi.state import write_json
 
@@ -22,20 +23,26 @@ RECORD = "run.json"
 SECRETS = (KUBECONFIG,)
 
 
-def create(shared_dir: Path, run_id: str) -> Path:
-    """Create ``<shared_dir>/ksi-runs/<run_id>`` with mode 0700 and return it; refuse one that exists."""
+def create(shared_dir: Path, job_id: str | None, attempts: int = 5) -> tuple[str, Path]:
+    """Name a cluster for ``job_id`` and create its run directory ``<shared_dir>/ksi-runs/<name>`` (0700).
+
+    mkdir is an atomic claim on every filesystem: a name whose directory exists already (another run drew
+    the same random suffix) is never reused; ksi draws another. Returns the name and the directory.
+    """
     runs = shared_dir / RUNS
     runs.mkdir(exist_ok=True)
-    path = runs / run_id
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        raise PrerequisiteError(f"run directory {path} exists already", step="rundir",
-                                fix="this should not happen for a fresh name; remove the directory") from None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode != 0o700:  # a default ACL on the parent can widen it
-        os.chmod(path, 0o700)
-    return path
+    for _ in range(attempts):
+        name = names.cluster_name(job_id)
+        path = runs / name
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        if stat.S_IMODE(path.stat().st_mode) != 0o700:  # a default ACL on the parent can widen it
+            os.chmod(path, 0o700)
+        return name, path
+    raise PrerequisiteError(f"{attempts} fresh cluster names in a row had a run directory in {runs} already",
+                            step="rundir", fix=f"check what creates directories in {runs}")
 
 
 def remove_secrets(run_dir: Path) -> list[str]:
