@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 
 from ksi import __version__, log
-from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, EXIT_USAGE, ChecksFailed, Interrupted, KsiError, UsageError
+from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, ChecksFailed, Interrupted, KsiError, UsageError
 from ksi.settings import Settings
+from ksi.signals import SignalGuard
 from ksi.slurm import context
 
 _log = log.get(__name__)
@@ -94,25 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(words[: words.index("--")] if "--" in words else words)
     args.workload_args = workload_args
     node = node_name()
+    commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor}
     try:
-        if args.command == "run":
-            return _run(args, node)
-        if args.command == "list":
-            return _list(args, node)
-        if args.command == "cleanup":
-            return _cleanup(args, node)
-        if args.command == "doctor":
-            return _doctor(args, node)
+        return commands[args.command](args, node)
     except KsiError as exc:
         _report(node, exc)
         return exc.exit_code
-    return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C in `ksi list` or `ksi doctor`, which change nothing
+        return 128 + signal.SIGINT
 
 
 def _run(args: argparse.Namespace, node: str) -> int:
     from ksi import multinode
     from ksi.run import RunOptions, run
-    from ksi.signals import SignalGuard
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
@@ -198,11 +194,15 @@ def _cleanup(args: argparse.Namespace, node: str) -> int:
     from ksi.cleanup import ALL, JOB, STALE, Selection, cleanup
 
     log.setup(node, verbose=args.verbose)
-    if args.job is not None and not args.job.replace("_", "").isdigit():
-        raise UsageError(f"--job {args.job!r} is not a Slurm job id", fix="give the numeric job id", step="cleanup")
+    if args.job is not None and not args.job.isdigit():
+        raise UsageError(f"--job {args.job!r} is not a numeric Slurm job id", step="cleanup",
+                         fix=f"give the job's own id (for an array task: `squeue -h -j {args.job} -o %A`)")
     selection = Selection(JOB, args.job) if args.job is not None else Selection(ALL if args.all else STALE)
     settings, kind_env = _node_settings(dict(os.environ))
-    report = cleanup(settings, kind_env, selection, dry_run=args.dry_run)
+    guard = SignalGuard()
+    with guard.installed():
+        guard.disarm()  # all of a cleanup is teardown: a stop signal ends it between clusters, never inside one
+        report = cleanup(settings, kind_env, selection, dry_run=args.dry_run, stop=lambda: guard.first)
     for warning in report.warnings:
         print(f"ksi[{node}] warning: cleanup: {warning}", file=sys.stderr, flush=True)
     for outcome in report.outcomes:
@@ -220,6 +220,11 @@ def _cleanup(args: argparse.Namespace, node: str) -> int:
         line = f"cleanup: could not delete {outcome.cluster.name}: {outcome.detail}"
         line += f"; fix: {outcome.fix}" if outcome.fix else ""
         print(f"ksi[{node}] error: {line}", file=sys.stderr, flush=True)
+    if report.stopped_by is not None:
+        left = f" before deleting {', '.join(c.name for c in report.skipped)}" if report.skipped else ""
+        print(f"ksi[{node}] error: cleanup: stopped by {signal.Signals(report.stopped_by).name}{left}; "
+              "fix: run `ksi cleanup` again", file=sys.stderr, flush=True)
+        return 128 + report.stopped_by
     return EXIT_FAILURE if report.failed else 0
 
 

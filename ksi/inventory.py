@@ -197,11 +197,20 @@ def _words(exc: KsiError) -> str:
     return exc.message + (f"; fix: {exc.fix}" if exc.fix else "")
 
 
-def _record_liveness(record: ClusterRecord, jobs: JobStates | None) -> tuple[str, str, bool]:
-    """Return (state, reason, reclaimable) of a cluster that has a readable record of this node."""
+def _record_liveness(  # noqa: PLR0911 - one return per finding
+        record: ClusterRecord, jobs: JobStates | None) -> tuple[str, str, bool]:
+    """Return (state, reason, reclaimable) of a cluster that has a readable record of this node.
+
+    A dead ksi may have left its workload or its ``kind create`` running (they have process groups of
+    their own): as long as such a process uses the cluster, it is not reclaimable. Nor is the cluster of a
+    job Slurm cannot tell about: it may still be running.
+    """
     if record.owner.alive():
         return RUNNING, f"ksi process {record.pid} is alive", False
     gone = f"ksi process {record.pid} is gone"
+    user = claimant(record.name)
+    if user is not None:
+        return RUNNING, f"{gone}; process {user} still uses it", False
     if not record.job_id:
         return STALE, gone, True
     if jobs is None:
@@ -210,7 +219,7 @@ def _record_liveness(record: ClusterRecord, jobs: JobStates | None) -> tuple[str
     if answer.alive:
         return RUNNING, f"{answer.describe(record.job_id)}; {gone}", False
     if answer.alive is None:
-        return STALE, f"{gone}; {answer.describe(record.job_id)}", True
+        return UNKNOWN, f"{gone}; {answer.describe(record.job_id)}; kept until Slurm answers", False
     return STALE, f"{answer.describe(record.job_id)}; {gone}", True
 
 
@@ -225,10 +234,9 @@ def _unrecorded_liveness(name: str, record: str, jobs: JobStates | None) -> tupl
     job = job_of_name(name)
     if job is not None and jobs is not None:
         answer = jobs.query(job)
-        if answer.alive:
-            return f"{why}; {answer.describe(job)}", False
-        if answer.alive is False:
-            return f"{why}; {answer.describe(job)}", True
+        if answer.alive is None:
+            return f"{why}; {answer.describe(job)}; kept until Slurm answers", False
+        return f"{why}; {answer.describe(job)}", not answer.alive
     return f"{why}; no live ksi process claims it", jobs is not None
 
 

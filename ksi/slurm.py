@@ -48,7 +48,7 @@ def context(environ: Mapping[str, str]) -> SlurmContext:
     ntasks = _int(environ, "SLURM_STEP_NUM_TASKS", 0) or _int(environ, "SLURM_NTASKS", 1) if step_id else 1
     end_raw = _int(environ, "SLURM_JOB_END_TIME", 0)
     return SlurmContext(
-        job_id=job_id if job_id and re.fullmatch(r"[0-9_]+", job_id) else None,
+        job_id=job_id if job_id and re.fullmatch(r"[0-9]{1,20}", job_id) else None,  # array tasks have their own
         step_id=step_id,
         procid=_int(environ, "SLURM_PROCID", 0) if step_id else 0,
         ntasks=max(ntasks, 1),

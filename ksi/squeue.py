@@ -17,20 +17,21 @@ class Squeue:
         self._env = dict(env)
 
     def job_state(self, job_id: str, *, timeout: float = 15.0) -> str | None:
-        """Run ``squeue -h -t all -j ID -o %T`` and return the job's state (RUNNING, COMPLETED, ...).
+        """Run ``squeue -h -t all -j ID -o '%A %T'`` and return the job's state (RUNNING, COMPLETED, ...).
 
         ``-t all`` matters: without it squeue hides finished jobs that the controller still remembers
-        (MinJobAge) and prints nothing. Returns None when Slurm does not know the job (any more). Raises
-        KsiError (ToolMissingError, CommandFailed, CommandTimeout) when squeue cannot answer, e.g. off Slurm.
+        (MinJobAge) and prints nothing. ``%A`` is each job's own id: ``-j`` with the id of an array's first
+        task lists every task of the array, and only the line of ``job_id`` answers. Returns None when Slurm
+        does not know the job (any more). Raises KsiError (ToolMissingError, CommandFailed, CommandTimeout)
+        when squeue cannot answer, e.g. off Slurm.
         """
-        argv = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+        argv = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%A %T"]
         result = proc.run(argv, env=self._env, timeout=timeout, check=False, step="squeue")
         if result.returncode != 0:
             if _UNKNOWN_JOB in result.stderr:
                 return None
             raise CommandFailed(argv, result.returncode, result.stdout, result.stderr, step="squeue")
-        states = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-        return states[0] if states else None
+        return parse_job_state(result.stdout, job_id)
 
     def end_time(self, job_id: str, *, timeout: float = 15.0) -> int | None:
         """Run ``squeue -h -j ID -o %e`` and return when the job's time limit hits (epoch seconds).
@@ -45,6 +46,15 @@ class Squeue:
         except KsiError:
             return None
         return parse_end_time(result.stdout) if result.returncode == 0 else None
+
+
+def parse_job_state(text: str, job_id: str) -> str | None:
+    """Return the state on the line of ``job_id`` in squeue's ``%A %T`` output, or None if it has none."""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == job_id:
+            return words[1]
+    return None
 
 
 def parse_end_time(text: str) -> int | None:

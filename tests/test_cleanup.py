@@ -39,8 +39,13 @@ exit 9
 """
 SQUEUE = """\
 #!/bin/sh
-# Fake squeue: `squeue -h -t all -j ID -o %T` answers from $FAKE_SLURM/ID; no file: a job Slurm forgot.
-[ "$1 $2 $3 $4" = "-h -t all -j" ] && [ "$6 $7" = "-o %T" ] || { echo "fake squeue: unexpected $*" >&2; exit 70; }
+# Fake squeue: `squeue -h -t all -j ID -o '%A %T'` answers from $FAKE_SLURM/ID (lines "ID STATE"); no file: a
+# job Slurm forgot; a file $FAKE_SLURM/down: the controller cannot be reached.
+[ "$1 $2 $3 $4" = "-h -t all -j" ] && [ "$6" = "-o" ] && [ "$7" = "%A %T" ] && [ $# = 7 ] \
+    || { echo "fake squeue: unexpected $*" >&2; exit 70; }
+if [ -f "$FAKE_SLURM/down" ]; then
+  echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2; exit 1
+fi
 if [ -f "$FAKE_SLURM/$5" ]; then cat "$FAKE_SLURM/$5"; exit 0; fi
 echo "slurm_load_jobs error: Invalid job id specified" >&2
 exit 1
@@ -112,7 +117,7 @@ class Bench:
         if state is None:
             path.unlink(missing_ok=True)
         else:
-            path.write_text(state + "\n")
+            path.write_text(f"{job_id} {state}\n")
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run a ksi subcommand to completion."""
@@ -231,6 +236,22 @@ def test_cleanup_removes_a_killed_runs_cluster_reservation_and_secrets_and_keeps
     assert_nothing_left(bench)
 
 
+def test_a_dead_runs_cluster_is_kept_while_its_orphaned_workload_uses_it(bench: Bench) -> None:
+    orphaned = bench.start()
+    orphaned.kill(workload=False)  # standalone: nothing kills the workload's own process group
+
+    entry = bench.listing()[orphaned.name]
+    assert entry["state"] == "running" and entry["record"] == "ok" and not entry["reclaimable"]
+    assert entry["reason"] == f"ksi process {orphaned.ksi_pid} is gone; process {orphaned.workload_pid} still uses it"
+    kept = bench.cli("cleanup")
+    assert kept.returncode == 0 and stdout_lines(kept, "deleted") == []
+    assert bench.nodes(orphaned.name)
+
+    kill_pid(orphaned.workload_pid)
+    assert [orphaned.name in line for line in stdout_lines(bench.cli("cleanup"), "deleted")] == [True]
+    assert_nothing_left(bench)
+
+
 def test_cleanup_leaves_a_cluster_being_created_alone(bench: Bench) -> None:
     creating = bench.ksi.start("run", str(bench.workload), str(bench.ksi.shared),
                                env={"KSI_SIM_FAULTS": "kind-create:slow=4"})
@@ -323,10 +344,35 @@ def test_all_deletes_every_ksi_cluster_but_never_one_ksi_did_not_create(bench: B
     assert_nothing_left(bench)
 
 
-def test_job_must_be_a_job_id(bench: Bench) -> None:
-    result = bench.cli("cleanup", "--job", "12; rm -rf ~")
+@pytest.mark.parametrize("job", ["12; rm -rf ~", "123_4"])
+def test_job_must_be_a_job_id(bench: Bench, job: str) -> None:
+    result = bench.cli("cleanup", "--job", job)
     assert result.returncode == 2
-    assert "is not a Slurm job id" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert f"--job {job!r} is not a numeric Slurm job id" in line and "squeue -h -j" in line
+
+
+def test_a_job_slurm_cannot_tell_about_is_kept_until_it_answers(bench: Bench) -> None:
+    recorded = bench.start(SLURM_JOB_ID="5151")
+    unrecorded = bench.start(SLURM_JOB_ID="5252")
+    recorded.kill()
+    unrecorded.kill()
+    (bench.ksi.state / "clusters" / f"{unrecorded.name}.json").unlink()
+    (bench.slurm / "down").write_text("")
+
+    clusters = bench.listing()
+    assert clusters[recorded.name]["state"] == "unknown" and not clusters[recorded.name]["reclaimable"]
+    assert "Slurm did not answer about job 5151" in clusters[recorded.name]["reason"]
+    assert "kept until Slurm answers" in clusters[unrecorded.name]["reason"]
+    kept = bench.cli("cleanup")
+    assert kept.returncode == 0 and stdout_lines(kept, "deleted") == []
+    assert bench.nodes(recorded.name) and bench.nodes(unrecorded.name)
+
+    named = bench.cli("cleanup", "--job", "5151")  # the epilog names the job: no need to ask Slurm
+    assert named.returncode == 0 and [recorded.name in line for line in stdout_lines(named, "deleted")] == [True]
+    (bench.slurm / "down").unlink()  # Slurm is back and has forgotten job 5252
+    assert [unrecorded.name in line for line in stdout_lines(bench.cli("cleanup"), "deleted")] == [True]
+    assert_nothing_left(bench)
 
 
 # --- --dry-run --------------------------------------------------------------------------------------------------
@@ -401,6 +447,44 @@ def test_two_cleanups_at_once_delete_each_cluster_exactly_once(bench: Bench) -> 
     assert [status for status, _, _ in results] == [0, 0], results
     deleted = [line for _, out, _ in results for line in out.splitlines() if " cleanup: deleted " in line]
     assert sorted(line.split()[3] for line in deleted) == sorted(h.name for h in runs)
+    assert_nothing_left(bench)
+
+
+def _kind_deletes() -> list[str]:
+    """Return the command lines of running `kind delete cluster` processes (the simulated kind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if any(w.endswith("/kind") for w in words) and "delete" in words and "cluster" in words:
+            found.append(" ".join(words))
+    return found
+
+
+def test_sigterm_stops_a_cleanup_between_clusters_never_inside_one(bench: Bench) -> None:
+    runs = [bench.start(), bench.start()]
+    for held in runs:
+        held.kill()
+    cleanup = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=2"})
+    [first_delete] = wait_for(_kind_deletes, 60, "the first `kind delete cluster`")
+    cleanup.send_signal(signal.SIGTERM)
+    status, out, err = finish(cleanup, timeout=60)
+
+    assert status == 128 + signal.SIGTERM, err
+    [deleted] = [line for line in out.splitlines() if " cleanup: deleted " in line]
+    first, second = (runs if runs[0].name in first_delete else runs[::-1])
+    assert first.name in deleted and bench.nodes(first.name) == []  # finished, not cut short
+    assert f"{first.name}.json" not in bench.ksi.registry()
+    [error] = [line for line in err.splitlines() if " error: " in line]
+    assert f"cleanup: stopped by SIGTERM before deleting {second.name}; fix: run `ksi cleanup` again" in error
+    assert bench.nodes(second.name) and f"{second.name}.json" in bench.ksi.registry()
+    assert not list(bench.ksi.state.glob(".cleanup-*"))
+
+    again = bench.cli("cleanup")
+    assert again.returncode == 0 and [second.name in line for line in stdout_lines(again, "deleted")] == [True]
     assert_nothing_left(bench)
 
 

@@ -71,6 +71,7 @@ def test_settings_report_every_bad_value_at_once() -> None:
     ({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "1", "SLURM_RESTART_COUNT": "2", "SLURM_JOB_END_TIME": "1900000000"},
      dict(restart_count=2, end_time=1900000000)),
     ({"SLURM_JOB_ID": "../evil"}, dict(job_id=None)),
+    ({"SLURM_JOB_ID": "12_3"}, dict(job_id=None)),  # SLURM_JOB_ID is a task's own number, also in arrays
 ])
 def test_slurm_context(env: dict[str, str], expected: dict[str, object]) -> None:
     ctx = context(env)
@@ -80,21 +81,40 @@ def test_slurm_context(env: dict[str, str], expected: dict[str, object]) -> None
 
 # --- names ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("job", [None, "1234", "999999999999", "12_3"])
+@pytest.mark.parametrize("job", [None, "1234", "99999999999999999999"])
 def test_cluster_names_are_valid_for_kind(job: str | None) -> None:
     name = names.cluster_name(job)
     assert names.is_valid(name)
     assert names.is_ksi_cluster(name)
-    assert name.startswith(f"ksi-{(job or 'local').replace('_', '')}-")
+    assert name.startswith(f"ksi-{job or 'local'}-")
     assert len(name) <= names.MAX_LENGTH
 
 
-def test_cluster_names_do_not_collide() -> None:
-    generated = {names.cluster_name("1") for _ in range(20000)}
-    assert len(generated) == 20000
+@pytest.mark.parametrize("job", ["12_3", "../x", ""])
+def test_cluster_names_need_a_numeric_job_id(job: str) -> None:
+    with pytest.raises(ValueError, match="a Slurm job id is a number"):
+        names.cluster_name(job)
 
 
-@pytest.mark.parametrize("name", ["kind", "ksi-local", "ksi-local-abc", "ksi-1-ABCDEF", "my-ksi-1-abcdef"])
+def test_cluster_name_suffixes_are_random_and_long() -> None:
+    suffixes = [names.cluster_name("1").rsplit("-", 1)[1] for _ in range(200)]
+    assert all(len(s) == names.SUFFIX_LENGTH and re.fullmatch("[a-z0-9]+", s) for s in suffixes)
+    assert len(set("".join(suffixes))) > 30  # drawn from the whole alphabet, not a counter or a clock
+
+
+def test_a_name_whose_run_directory_exists_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ksi import rundir
+
+    drawn = iter(["ksi-local-aaaaaa", "ksi-local-aaaaaa", "ksi-local-bbbbbb"])
+    monkeypatch.setattr(names, "cluster_name", lambda job_id: next(drawn))
+    (tmp_path / "ksi-runs" / "ksi-local-aaaaaa").mkdir(parents=True)  # another run drew it first
+    name, path = rundir.create(tmp_path, None)
+    assert name == "ksi-local-bbbbbb" and path == tmp_path / "ksi-runs" / name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("name", ["kind", "ksi-local", "ksi-local-abc", "ksi-1-ABCDEF", "my-ksi-1-abcdef",
+                                  "ksi-dev-abcdef", "ksi-1a-abcdef", "ksi-local-abcdef-2"])
 def test_foreign_cluster_names_are_not_ksi(name: str) -> None:
     assert not names.is_ksi_cluster(name)
 
@@ -349,6 +369,19 @@ def test_squeue_end_time_parsing(text: str, expected: str | None) -> None:
         assert parsed is None
     else:
         assert parsed == int(time.mktime(time.strptime(expected, "%Y-%m-%dT%H:%M:%S")))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("4242 RUNNING\n", "RUNNING"),
+    ("4242 COMPLETED\n4243 RUNNING\n4244 PENDING\n", "COMPLETED"),  # -j of an array's first task lists all
+    ("4243 RUNNING\n4242 CANCELLED\n", "CANCELLED"),
+    ("4243 RUNNING\n", None),
+    ("", None),
+])
+def test_squeue_job_state_is_read_from_the_jobs_own_line(text: str, expected: str | None) -> None:
+    from ksi.squeue import parse_job_state
+
+    assert parse_job_state(text, "4242") == expected
 
 
 @pytest.mark.parametrize(("job_end", "expected"), [(None, 86400), (1000 + 7200, 7200 + 3600), (500, 86400)])
