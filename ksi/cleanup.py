@@ -22,7 +22,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +80,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Report:
-    """The result of one cleanup: what happened to each selected cluster, and what was left alone."""
+    """The result of one cleanup: what happened to each selected cluster, and what was left alone.
+
+    ``stopped_by`` is the stop signal that ended the cleanup early; ``skipped`` what it did not get to.
+    """
 
     outcomes: tuple[Outcome, ...]
     kept: tuple[Cluster, ...]
     warnings: tuple[str, ...]
+    stopped_by: int | None = None
+    skipped: tuple[Cluster, ...] = ()
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
@@ -172,12 +177,14 @@ def _delete(cluster: Cluster, settings: Settings, env: Mapping[str, str], node: 
 
 
 def cleanup(settings: Settings, env: Mapping[str, str], selection: Selection, *, dry_run: bool = False,
-            lock_timeout: float = CLI_LOCK_TIMEOUT) -> Report:
+            lock_timeout: float = CLI_LOCK_TIMEOUT, stop: Callable[[], int | None] = lambda: None) -> Report:
     """Delete the selected clusters of this user on this node and return what happened.
 
     ``env`` is what kind, the runtime and squeue run with. With ``dry_run`` nothing is changed (not even a
     lock file is created) and every outcome is "would delete". Otherwise the inventory is taken and acted on
     while holding the node-local cleanup lock, so concurrent cleanups never delete the same cluster twice.
+    ``stop`` returns a stop signal that arrived: the cleanup then ends between two clusters, never inside
+    the deletion of one.
     """
     node = node_label(env)
     if dry_run:
@@ -186,10 +193,17 @@ def cleanup(settings: Settings, env: Mapping[str, str], selection: Selection, *,
         return Report(tuple(Outcome(c, "would delete", _plan(c)) for c in picked),
                       tuple(c for c in inventory.clusters if not selection.picks(c)), inventory.warnings)
     ensure_private_dir(settings.state_dir)
+    outcomes: list[Outcome] = []
+    skipped: list[Cluster] = []
     with node_lock(settings.state_dir / LOCK_NAME, lock_timeout, "ksi cleanup"):
         inventory = _inventory(settings, env, selection)
-        outcomes = [_delete(c, settings, env, node) for c in inventory.clusters if selection.picks(c)]
-    return Report(tuple(outcomes), tuple(c for c in inventory.clusters if not selection.picks(c)), inventory.warnings)
+        for cluster in (c for c in inventory.clusters if selection.picks(c)):
+            if stop() is not None:
+                skipped.append(cluster)
+            else:
+                outcomes.append(_delete(cluster, settings, env, node))
+    return Report(tuple(outcomes), tuple(c for c in inventory.clusters if not selection.picks(c)), inventory.warnings,
+                  stop(), tuple(skipped))
 
 
 def remove_stale(settings: Settings, kind_env: Mapping[str, str]) -> list[str]:

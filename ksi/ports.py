@@ -110,13 +110,19 @@ class PortReservations:
                        fix="remove stale clusters with `ksi cleanup`", step="port")
 
     def release(self, port: int, cluster: str) -> None:
-        """Drop the reservation of ``port`` if ``cluster`` still holds it."""
+        """Drop the reservation of ``port`` if ``cluster`` still holds it.
+
+        Under the lock: otherwise a reserve() could hand the port (a dead owner's) to another cluster
+        between the read and the unlink, and this would delete the new reservation.
+        """
         path = self.dir / str(port)
-        record = read_json(path)
-        if record is not None and record.get("cluster") == cluster:
+        with node_lock(self._lock, self._timeout, "port reservations"):
+            record = read_json(path)
+            if record is None or record.get("cluster") != cluster:
+                return
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            _log.debug("released port %d", port)
+        _log.debug("released port %d", port)
 
     def held(self) -> dict[int, str]:
         """Return every reservation of this user on this node: port to cluster name (dead owners included)."""

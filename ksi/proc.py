@@ -134,6 +134,11 @@ def run(
         _log.debug("timeout after %.1f s: %s\nstderr: %s", timeout, shlex.join(argv), stderr)
         raise CommandTimeout(argv, timeout, stdout, stderr, step=step) from None
     except BaseException:
+        if shielded:
+            # A stop signal reached ksi while a teardown command runs (its own group ignores it): let the
+            # command finish within its timeout rather than leave a half-deleted cluster, then stop.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=max(started + timeout - time.monotonic(), 0.0))
         _kill_group(proc)
         raise
     finally:

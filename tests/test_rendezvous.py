@@ -185,3 +185,26 @@ def test_shielded_commands_ignore_stop_signals(tmp_path: Path) -> None:
     while marker.read_text() != "finished\n":
         assert time.monotonic() < deadline, "the shielded command was killed by SIGTERM"
         time.sleep(0.05)
+
+
+def test_an_interrupted_ksi_lets_its_shielded_command_finish(tmp_path: Path) -> None:
+    """A TERM that interrupts ksi during a teardown command waits for that command, then stops ksi."""
+    marker = tmp_path / "marker"
+    script = ("import sys\nfrom ksi import proc\nfrom ksi.errors import Interrupted\n"
+              "from ksi.signals import SignalGuard\n"
+              "with SignalGuard().installed():\n"
+              "    try:\n"
+              "        proc.run(['sh', '-c', 'echo ready > \"$0\"; sleep 1; echo finished > \"$0\"', sys.argv[1]],"
+              " timeout=30, shielded=True)\n"
+              "    except Interrupted as exc:\n"
+              "        print('interrupted', open(sys.argv[1]).read().strip())\n"
+              "        sys.exit(exc.exit_code)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the shielded command never started"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=20)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert out.strip() == "interrupted finished"  # the command ran to its end before ksi stopped
