@@ -19,12 +19,19 @@
 #   KSI_EPILOG_PASS       names of further variables to pass from this environment to ksi, space-separated
 #                         (ksi runs with a clean environment: e.g. "NERDCTL_TOML KSI_TEARDOWN_TIMEOUT")
 set -u
+# Whatever happens below (an unset variable, a broken config file, a signal), the epilog ends with 0.
+trap 'exit 0' EXIT
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"  # runuser, timeout
 
 conf="${KSI_EPILOG_CONF:-/etc/ksi/epilog.conf}"
+conf_error=""
 if [[ -r "$conf" ]]; then
-  # shellcheck source=/dev/null
-  . "$conf" || true
+  if conf_error="$(bash -n "$conf" 2>&1)"; then
+    set +u  # a config line using an unset variable must not end the epilog
+    # shellcheck source=/dev/null
+    . "$conf" || conf_error="$conf returned non-zero"
+    set -u
+  fi
 fi
 
 tag=ksi-epilog
@@ -44,7 +51,8 @@ finish() {
   exit 0
 }
 
-[[ "$job" =~ ^[0-9]+(_[0-9]+)?$ ]] || finish "no usable SLURM_JOB_ID; nothing to do"
+[[ -z "$conf_error" ]] || say "ignoring $conf: ${conf_error//$'\n'/ }"
+[[ "$job" =~ ^[0-9]+$ ]] || finish "no usable SLURM_JOB_ID; nothing to do"
 [[ -n "$user" ]] || finish "no SLURM_JOB_USER; nothing to do"
 uid="$(id -u -- "$user" 2>/dev/null)" || finish "unknown user; nothing to do"
 [[ "$limit" =~ ^[0-9]+$ && "$limit" -gt 0 ]] || limit=60
@@ -69,7 +77,20 @@ env_args=(
   "LOGNAME=$user"
   "KSI_STATE_DIR=$state_dir"
 )
-[[ -d "/run/user/$uid" ]] && env_args+=("XDG_RUNTIME_DIR=/run/user/$uid")
+# Rootless containerd, and with it the job's containers, belongs to the user's systemd, which runs while
+# /run/user/UID exists. Without it nothing of the user's runs now, but the containers come back when it
+# starts: start it (where this node runs systemd) so that ksi can reach and delete them.
+runtime_dir="/run/user/$uid"
+if [[ ! -d "$runtime_dir" && -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+  say "no $runtime_dir: starting user@$uid.service so that ksi can reach $user's rootless containerd"
+  timeout 30 systemctl start "user@$uid.service" >/dev/null 2>&1 || say "systemctl start user@$uid.service failed"
+fi
+if [[ -d "$runtime_dir" ]]; then
+  env_args+=("XDG_RUNTIME_DIR=$runtime_dir")
+else
+  say "no $runtime_dir: $user's systemd and rootless containerd are not running on this node; clusters of job" \
+    "$job, if any, come back when they start (enable lingering: loginctl enable-linger $user)"
+fi
 [[ -n "${SLURMD_NODENAME:-}" ]] && env_args+=("SLURMD_NODENAME=$SLURMD_NODENAME")
 [[ -n "${SLURM_CONF:-}" ]] && env_args+=("SLURM_CONF=$SLURM_CONF")
 for name in ${KSI_EPILOG_PASS:-}; do

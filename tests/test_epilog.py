@@ -49,7 +49,7 @@ def public_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("user", [ME, "ksitest"])
+@pytest.mark.parametrize("user", [ME, pytest.param("ksitest", marks=pytest.mark.slurm)])
 def test_runs_ksi_cleanup_for_the_job_as_its_user_with_a_clean_environment(public_dir: Path, user: str,
                                                                            request: pytest.FixtureRequest) -> None:
     if user != ME:  # the second user of the Slurm test bed, which creates it on a fresh machine
@@ -99,12 +99,48 @@ def test_a_failing_ksi_is_logged_and_the_epilog_still_succeeds(tmp_path: Path) -
 
 def test_a_hanging_ksi_is_stopped_at_the_time_limit(tmp_path: Path) -> None:
     (tmp_path / f"state-{os.getuid()}").mkdir()
-    ksi = fake_ksi(tmp_path, "exec sleep 300\n")
+    pid_file = tmp_path / "pid"
+    ksi = fake_ksi(tmp_path, f"echo $$ > {pid_file}\nexec sleep 300\n")
     started = time.monotonic()
     result = epilog(tmp_path, KSI_EPILOG_KSI=str(ksi), KSI_EPILOG_TIMEOUT="1")
     assert time.monotonic() - started < 15
     assert result.returncode == 0
     assert "did not finish within 1 s" in result.stderr
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+@pytest.mark.parametrize(("config", "runs", "message"), [
+    ("exit 3\n", False, ""),  # ends the epilog early, still with 0
+    ('KSI_EPILOG_TIMEOUT="$NOT_SET_ANYWHERE"\n', True, ""),  # unset under set -u used to end it with 1
+    ("if then fi\n", True, "ignoring"),  # a syntax error: the file is skipped and named
+])
+def test_a_broken_config_file_never_fails_the_node(tmp_path: Path, config: str, runs: bool, message: str) -> None:
+    (tmp_path / f"state-{os.getuid()}").mkdir()
+    record = tmp_path / "ran"
+    ksi = fake_ksi(tmp_path, f"touch {record}\n")
+    conf = tmp_path / "epilog.conf"
+    conf.write_text(config)
+    result = epilog(tmp_path, KSI_EPILOG_CONF=str(conf), KSI_EPILOG_KSI=str(ksi))
+    assert result.returncode == 0, result.stderr
+    assert record.exists() == runs
+    assert message in result.stderr
+    if message:
+        assert f"ignoring {conf}" in result.stderr
+
+
+def test_a_user_without_a_runtime_directory_is_named_in_the_log(tmp_path: Path) -> None:
+    uid = pwd.getpwnam(ME).pw_uid
+    if Path(f"/run/user/{uid}").exists():
+        pytest.skip(f"/run/user/{uid} exists on this machine")
+    (tmp_path / f"state-{uid}").mkdir()
+    record = tmp_path / "env"
+    ksi = fake_ksi(tmp_path, f"env > {record}\n")
+    result = epilog(tmp_path, KSI_EPILOG_KSI=str(ksi))
+    assert result.returncode == 0
+    assert f"no /run/user/{uid}: {ME}'s systemd and rootless containerd are not running on this node" in result.stderr
+    assert "loginctl enable-linger" in result.stderr
+    assert "XDG_RUNTIME_DIR=" not in record.read_text()
 
 
 def test_users_without_ksi_state_on_the_node_are_skipped_quickly(tmp_path: Path) -> None:
