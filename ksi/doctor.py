@@ -22,6 +22,7 @@ from ksi import cgroups, proc
 from ksi.errors import KsiError
 from ksi.kind import MIN_VERSION as KIND_MIN_VERSION
 from ksi.kind import Kind
+from ksi.liqo import Liqoctl
 from ksi.preflight import check_shared_dir
 from ksi.runtimes.nerdctl import Nerdctl
 from ksi.state import check_private_dir
@@ -315,6 +316,13 @@ def check_liqoctl(host: Host) -> Check:
         return Check(name, False, f"cannot read the version from {out.strip()[:80]!r}", fix)
     if int(match[1]) != LIQO_MAJOR:
         return Check(name, False, f"liqoctl {match[0]} is not v{LIQO_MAJOR}", fix)
+    try:
+        missing = Liqoctl(host.env).missing_peer_flags(timeout=_TOOL_TIMEOUT)
+    except KsiError as exc:
+        return Check(name, False, exc.message, fix)
+    if missing:
+        return Check(name, False, f"liqoctl {match[0]}: `liqoctl peer` has no {', '.join(missing)}",
+                     "install a newer liqoctl v1 (v1.0.1 or later), the same on every node")
     return Check(name, True, f"liqoctl {match[0]}")
 
 

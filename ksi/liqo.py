@@ -10,6 +10,9 @@ from pathlib import Path
 from ksi import proc
 
 GATEWAY_SERVICE_TYPE = "NodePort"
+API_ADDRESS_VALUE = "apiServer.address"  # Helm value of Liqo's chart: the API address given to consumers
+# The flags of `liqoctl peer` that set up the gateway behind the rootless NAT (see Liqoctl.peer).
+PEER_FLAGS = ("--gw-server-service-type", "--gw-server-service-nodeport", "--gw-client-address", "--gw-client-port")
 _MARGIN = 10.0  # seconds past liqoctl's own --timeout before ksi kills it
 
 
@@ -34,16 +37,32 @@ class Liqoctl:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = dict(env)
 
-    def version(self, *, timeout: float = 30.0) -> tuple[int, int, int] | None:
-        """Run ``liqoctl version --client`` and return the client version."""
+    def version(self, *, timeout: float = 30.0) -> tuple[tuple[int, int, int] | None, str]:
+        """Run ``liqoctl version --client``; return the version and how liqoctl writes it (v1.0.0-rc.3)."""
         out = proc.run(["liqoctl", "version", "--client"], env=self._env, timeout=timeout, step="checks").stdout
-        return parse_version(out)
+        shown = re.search(r"\bv?\d+\.\d+\.\d+\S*", out)
+        return parse_version(out), shown[0] if shown else out.strip()[:40]
 
-    def install_kind(self, target: Endpoint, *, timeout: float, chart: str = "") -> None:
-        """Run ``liqoctl install kind`` for ``target`` (cluster id = cluster name, no telemetry)."""
+    def missing_peer_flags(self, *, timeout: float = 30.0) -> list[str]:
+        """Run ``liqoctl peer --help`` and return the flags ksi gives ``peer`` that it does not list.
+
+        The gateway flags got their ``--gw-`` names in 2025 (liqotech/liqo#2972); a liqoctl without them
+        would fail only at peering time, after every cluster exists.
+        """
+        out = proc.run(["liqoctl", "peer", "--help"], env=self._env, timeout=timeout, step="checks").stdout
+        return [flag for flag in PEER_FLAGS if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out)]
+
+    def install_kind(self, target: Endpoint, api_url: str, *, timeout: float, chart: str = "") -> None:
+        """Run ``liqoctl install kind`` for ``target`` (cluster id = cluster name, no telemetry).
+
+        ``api_url`` is the API server as other nodes reach it (the node's address and kind's host port). Liqo
+        hands that address to the consumers it peers with; without ``apiServer.address`` it would advertise
+        the control-plane node's own IP and port 6443, which for kind is the node container's address behind
+        the rootless NAT, unreachable from any other host (pkg/utils/apiserver GetURL).
+        """
         argv = ["liqoctl", "install", "kind", "--kubeconfig", str(target.kubeconfig), "--context", target.context,
                 "--cluster-id", target.cluster_id, "--timeout", f"{int(timeout)}s", "--disable-telemetry",
-                "--skip-confirm"]
+                "--set", f"{API_ADDRESS_VALUE}={api_url}", "--skip-confirm"]
         if chart:
             argv += ["--local-chart-path", chart]
         proc.run(argv, env=self._env, timeout=timeout + _MARGIN, step="liqo install")

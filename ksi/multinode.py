@@ -358,7 +358,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
 
                 granting = pool.submit(grant_access)
             with state.phases.phase("liqo install"):
-                state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name),
+                state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name), api,
                                            timeout=settings.install_timeout, chart=settings.liqo_chart)
             _log.info("liqo install: done in %.2f s", state.phases.seconds["liqo install"])
             grant = None

@@ -166,16 +166,23 @@ def tool_checks(provider: str, kind_env: Mapping[str, str]) -> tuple[tuple[int, 
 
 
 def liqo_problems(kind_env: Mapping[str, str]) -> list[Problem]:
-    """Check that liqoctl v1 is on PATH (needed to peer the nodes of a multi-node run)."""
+    """Check that liqoctl v1 is on PATH and its ``peer`` has the gateway flags ksi uses (multi-node runs)."""
     fix = "install liqoctl v1.x (see setup/README.md) and put it on PATH"
     if proc.which("liqoctl", kind_env) is None:
         return [Problem(EXIT_TOOL_MISSING, "liqoctl not found on PATH (a multi-node run peers its clusters with Liqo)",
                         fix)]
-    try:
-        version = Liqoctl(kind_env).version()
-    except KsiError as exc:
-        return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
+    liqoctl = Liqoctl(kind_env)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="liqoctl") as pool:
+        asked_version, asked_flags = pool.submit(liqoctl.version), pool.submit(liqoctl.missing_peer_flags)
+        try:
+            version, shown = asked_version.result()
+            missing = asked_flags.result()
+        except KsiError as exc:
+            return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
+    shown = shown if shown.startswith("v") else f"v{shown}" if version else f"{shown!r} (unknown version)"
     if version is None or version[0] != 1:
-        shown = "unknown" if version is None else "v" + ".".join(map(str, version))
         return [Problem(EXIT_TOOL_MISSING, f"liqoctl {shown} is not a Liqo v1 client", fix)]
+    if missing:
+        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {shown} has no {', '.join(missing)} on `liqoctl peer` (the "
+                        "gateway set-up behind the rootless NAT)", "install a newer liqoctl v1 (v1.0.1 or later)")]
     return []

@@ -41,8 +41,13 @@ case "$1" in
 esac
 """
 LIQOCTL = """#!/bin/sh
-[ "$1 $2" = "version --client" ] || { echo "fake liqoctl: unexpected $*" >&2; exit 9; }
-echo "Client version: ${FAKE_LIQO_VERSION:-v1.0.0}"
+case "$1 $2" in
+  "version --client") echo "Client version: ${FAKE_LIQO_VERSION:-v1.0.0}" ;;
+  "peer --help") printf 'Usage:\\n  liqoctl peer [flags]\\n\\nFlags:\\n'
+                 for f in ${FAKE_PEER_FLAGS-gw-client-address gw-client-port gw-server-service-nodeport \\
+                     gw-server-service-type remote-kubeconfig}; do echo "      --$f string"; done ;;
+  *) echo "fake liqoctl: unexpected $*" >&2; exit 9 ;;
+esac
 """
 
 
@@ -232,6 +237,10 @@ FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]
       "rootless containerd reachable": ("nerdctl not found on PATH", "containerd-rootless-setuptool.sh install")}),
     ("liqoctl v0", _env(FAKE_LIQO_VERSION="v0.10.3"), {"liqoctl v1": ("liqoctl v0.10.3 is not v1", "liqoctl v1.x")}),
     ("liqoctl missing", _no_tool("liqoctl"), {"liqoctl v1": ("liqoctl not found on PATH", "liqoctl v1.x")}),
+    ("liqoctl without the gateway flags", _env(FAKE_LIQO_VERSION="v1.0.0-rc.3",
+                                               FAKE_PEER_FLAGS="client-address client-port remote-kubeconfig"),
+     {"liqoctl v1": ("`liqoctl peer` has no --gw-server-service-type, --gw-server-service-nodeport, "
+                     "--gw-client-address, --gw-client-port", "v1.0.1 or later")}),
     ("containerd not running", _env(FAKE_INFO_FAIL="cannot access containerd socket"),
      {"rootless containerd reachable": ("cannot access containerd socket", "systemctl --user start containerd")}),
     ("rootful containerd", _write("nerdctl-info.json", json.dumps({**INFO, "SecurityOptions": ["name=seccomp"]})),

@@ -538,9 +538,11 @@ def test_liqoctl_install_and_peer_add_a_ready_virtual_node(simhost: SimHost, tmp
     chart = tmp_path / "chart"
     chart.mkdir()
     for kubeconfig, cluster_id in ((consumer, "milan"), (provider, "rome")):
+        server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
         installed = run(simhost, "liqoctl", "install", "kind", "--cluster-id", cluster_id, "--kubeconfig",
                         str(kubeconfig), "--timeout", "10m", "--local-chart-path", str(chart), "--set",
-                        "networking.gatewayTemplates.wireguard.implementation=userspace")
+                        "networking.gatewayTemplates.wireguard.implementation=userspace",
+                        "--set", f"apiServer.address={server}")
         assert installed.returncode == 0, installed.stderr
     peer = ["liqoctl", "peer", "--kubeconfig", str(consumer), "--remote-kubeconfig", str(provider),
             "--gw-server-service-type", "NodePort", "--gw-server-service-nodeport", "30051",
@@ -576,6 +578,30 @@ def test_liqoctl_install_and_peer_add_a_ready_virtual_node(simhost: SimHost, tmp
     unpeered = run(simhost, "liqoctl", "unpeer", "--kubeconfig", str(consumer), "--remote-kubeconfig", str(provider))
     assert unpeered.returncode == 0, unpeered.stderr
     assert simhost.api_nodes(consumer) == ["cons-control-plane"]
+
+
+def test_liqoctl_virtual_node_stays_not_ready_when_the_provider_advertises_its_node_ip(
+        simhost: SimHost, tmp_path: Path) -> None:
+    """Without apiServer.address, Liqo advertises the kind node's own IP and port 6443: unreachable from here."""
+    consumer, provider = tmp_path / "consumer", tmp_path / "provider"
+    create(simhost, "cons", consumer)
+    create(simhost, "prov", provider)
+    for kubeconfig, cluster_id in ((consumer, "milan"), (provider, "rome")):
+        installed = run(simhost, "liqoctl", "install", "kind", "--cluster-id", cluster_id, "--kubeconfig",
+                        str(kubeconfig))
+        assert installed.returncode == 0, installed.stderr
+    info = json.loads(run(simhost, "liqoctl", "info", "--kubeconfig", str(provider), "-o", "json").stdout)
+    assert info["local"]["APIServerAddr"] == "https://172.18.0.2:6443"
+    peered = run(simhost, "liqoctl", "peer", "--kubeconfig", str(consumer), "--remote-kubeconfig", str(provider),
+                 "--networking-disabled")
+    assert peered.returncode == 0, peered.stderr  # liqoctl does not wait for the virtual node
+    admin = config.new_client_from_config(config_file=str(consumer))  # type: ignore[no-untyped-call]
+    [node] = client.CoreV1Api(admin).list_node(label_selector="liqo.io/type=virtual-node").items
+    admin.close()
+    assert node.status and node.status.conditions
+    [ready] = node.status.conditions
+    assert (ready.type, ready.status) == ("Ready", "False")
+    assert "https://172.18.0.2:6443 is unreachable" in (ready.message or "")
 
 
 def test_liqoctl_peer_fails_when_the_remote_is_unreachable_or_bare(simhost: SimHost, tmp_path: Path) -> None:
@@ -640,3 +666,26 @@ def test_unmodelled_commands_fail_loudly(simhost: SimHost, argv: list[str]) -> N
     result = run(simhost, *argv)
     assert result.returncode == NOT_MODELLED_EXIT
     assert result.stderr.startswith(f"ERROR: simulated {argv[0]} does not model: {shlex.join(argv)}")
+
+
+def test_liqoctl_peer_help_lists_the_gateway_flags_of_the_version_played(simhost: SimHost) -> None:
+    current = run(simhost, "liqoctl", "peer", "--help")
+    assert current.returncode == 0 and "Usage:\n  liqoctl peer [flags]" in current.stdout
+    for flag in ("--gw-server-service-type", "--gw-server-service-nodeport", "--gw-client-address",
+                 "--gw-client-port", "--remote-kubeconfig"):
+        assert f"      {flag} " in current.stdout, flag
+    old = {"KSI_SIM_LIQOCTL_VERSION": "v1.0.0-rc.3"}
+    assert run(simhost, "liqoctl", "version", "--client", env=old).stdout == "Client version: v1.0.0-rc.3\n"
+    assert "--gw-" not in run(simhost, "liqoctl", "peer", "--help", env=old).stdout
+    refused = run(simhost, "liqoctl", "peer", "--gw-client-port", "31000", "--remote-kubeconfig", "x", env=old)
+    assert refused.returncode == 1 and refused.stderr == "Error: unknown flag: --gw-client-port\n"
+
+
+def test_ksi_refuses_a_liqoctl_whose_peer_lacks_the_gateway_flags(simhost: SimHost) -> None:
+    from ksi.preflight import liqo_problems
+
+    assert liqo_problems(simhost.env()) == []
+    [problem] = liqo_problems(simhost.env(KSI_SIM_LIQOCTL_VERSION="v1.0.0-rc.3"))
+    assert problem.code == 4 and "install a newer liqoctl v1" in problem.fix
+    assert problem.message.startswith("liqoctl v1.0.0-rc.3 has no --gw-server-service-type, "
+                                      "--gw-server-service-nodeport")

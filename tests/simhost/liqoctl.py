@@ -2,13 +2,17 @@
 
 Like the real one it talks to the clusters' API servers with the kubeconfigs it is given, so an unreachable
 or untrusted server fails the command. What it records lives in the clusters themselves: namespace
-``liqo`` and a cluster-ID ConfigMap for an installation, a ConfigMap per peering on both sides, and a Ready
-virtual node in the consumer. Gateways, tunnels and offloading are not modelled.
+``liqo`` and a cluster-ID ConfigMap for an installation (with the API address it advertises to consumers),
+a ConfigMap per peering on both sides, and a virtual node in the consumer that is Ready only when the
+provider's advertised API address answers from here with the provider's CA. The gateway is a UDP probe of
+the provider's published NodePort; tunnels and offloading are not modelled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import secrets
 import socket
@@ -29,10 +33,12 @@ VERSION = "v1.0.0"
 CLUSTER_ID_CONFIGMAP = "liqo-clusterid-configmap"
 PEERING_PREFIX = "liqo-peering-"
 REMOTE_ID_LABEL = "liqo.io/remote-cluster-id"
+API_ADDRESS = "API_SERVER_ADDRESS"  # in the cluster-ID ConfigMap: what the installation advertises
+REMOTE_API_PROBE = 3.0  # seconds the simulated virtual kubelet tries the advertised API address
 CLUSTER_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 GLOBAL_FLAGS = [Flag("kubeconfig"), Flag("context"), Flag("namespace", "n"), Flag("verbose", "v", "bool"),
-                Flag("skip-confirm", kind="bool")]
+                Flag("skip-confirm", kind="bool"), Flag("help", "h", "bool")]
 INSTALL_FLAGS = [Flag("cluster-id"), Flag("cluster-labels"), Flag("timeout"), Flag("local-chart-path"),
                  Flag("set", kind="list"), Flag("set-string", kind="list"), Flag("values", kind="list"),
                  Flag("version"), Flag("disable-telemetry", kind="bool"), Flag("reserved-subnets")]
@@ -44,6 +50,36 @@ PEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-na
               Flag("cpu"), Flag("memory"), Flag("pods"), Flag("mtu"), Flag("resource-slice-class")]
 UNPEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-namespace"), Flag("timeout"),
                 Flag("wait", kind="bool"), Flag("delete-namespaces", kind="bool")]
+
+
+GATEWAY_FLAGS = ("gw-server-service-type", "gw-server-service-nodeport", "gw-server-service-port",
+                 "gw-server-service-location", "gw-client-address", "gw-client-port")
+
+
+def version() -> str:
+    """Return the version this liqoctl plays: v1.0.0, or $KSI_SIM_LIQOCTL_VERSION."""
+    return os.environ.get("KSI_SIM_LIQOCTL_VERSION") or VERSION
+
+
+def has_gateway_flags() -> bool:
+    """True when ``peer`` has the --gw-* flags: they got those names after v1.0.0-rc.3 (liqotech/liqo#2972)."""
+    return "-" not in version().removeprefix("v")  # the v1.0.0 pre-releases had other names
+
+
+def peer_flags() -> list[Flag]:
+    """Return the flags of ``liqoctl peer`` in the version played."""
+    return [f for f in PEER_FLAGS if has_gateway_flags() or f.name not in GATEWAY_FLAGS]
+
+
+def peer_help() -> str:
+    """Return ``liqoctl peer --help`` as cobra prints it: a description, usage, then one line per flag."""
+    lines = ["Enable a peering towards a remote provider cluster.", "", "Usage:", "  liqoctl peer [flags]", "",
+             "Flags:"]
+    for flag in sorted(peer_flags(), key=lambda f: f.name):
+        lines.append(f"      --{flag.name}{'' if flag.kind == 'bool' else ' string'}")
+    lines += ["  -h, --help   help for peer", "", "Global Flags:"]
+    lines += [f"      --{flag.name}" for flag in GLOBAL_FLAGS if flag.name != "help"]
+    return "\n".join(lines)
 
 
 class LiqoError(Exception):
@@ -104,10 +140,13 @@ def install(values: dict[str, Any]) -> None:
     chart = values.get("local-chart-path")
     if chart and not Path(chart).exists():
         raise LiqoError(f'Failed installing or upgrading Liqo: path "{chart}" not found')
+    chart_values: dict[str, str] = {}
     for item in values.get("set", []) + values.get("set-string", []):
         for pair in item.split(","):
             if "=" not in pair:
                 raise LiqoError(f'failed parsing --set data: key "{pair}" has no value')
+            key, _, value = pair.partition("=")
+            chart_values[key] = value
     for path in values.get("values", []):
         if not Path(path).is_file():
             raise LiqoError(f"open {path}: no such file or directory")
@@ -125,7 +164,8 @@ def install(values: dict[str, Any]) -> None:
                         f"\"{existing.get('CLUSTER_ID')}\", not \"{cluster_id}\"")
     say("Installer initialized")
     data = {"CLUSTER_ID": existing.get("CLUSTER_ID", cluster_id) if existing else cluster_id,
-            "VERSION": values.get("version") or VERSION, "CLUSTER_LABELS": values.get("cluster-labels") or ""}
+            "VERSION": values.get("version") or version(), "CLUSTER_LABELS": values.get("cluster-labels") or "",
+            API_ADDRESS: advertised_api(client, chart_values.get("apiServer.address", ""))}
     call(client, "POST", "/api/v1/namespaces", "local", {"metadata": {"name": namespace}}, accept=(201, 409))
     base = f"/api/v1/namespaces/{namespace}/configmaps"
     if existing is not None:
@@ -138,7 +178,40 @@ def install(values: dict[str, Any]) -> None:
         "establishing a peering (liqoctl peer --help for more information)")
 
 
-def virtual_node(provider_id: str, values: dict[str, Any]) -> dict[str, Any]:
+def advertised_api(client: KubeClient, override: str) -> str:
+    """Return the API address this installation hands to its consumers, as Liqo's GetURL picks it.
+
+    ``apiServer.address`` if set (https:// added when missing), else the first control-plane node's
+    InternalIP with port 6443: for kind, the node container's address, which no other host can reach.
+    """
+    if override:
+        return override if override.startswith("https://") else f"https://{override}"
+    _, nodes = call(client, "GET", "/api/v1/nodes?labelSelector=node-role.kubernetes.io/control-plane", "local")
+    for node in nodes.get("items", []):
+        for address in node.get("status", {}).get("addresses", []):
+            if address.get("type") == "InternalIP":
+                return f"https://{address['address']}:6443"
+    raise LiqoError("no ApiServer.Address variable provided and no master node found, one of the two values must "
+                    "be present")
+
+
+def remote_api_condition(remote: KubeClient, advertised: str) -> tuple[str, str]:
+    """Return the virtual node's Ready status and message: can the consumer reach the advertised API?
+
+    The virtual kubelet talks to the provider's API server at the address the provider advertised, trusting
+    the provider's CA; that is what decides whether the virtual node turns Ready.
+    """
+    try:
+        probe = KubeClient(dataclasses.replace(remote.client, server=advertised), timeout=REMOTE_API_PROBE)
+        code, _ = probe.request("GET", "/version")
+    except ApiUnreachable as exc:
+        return "False", f"the remote API server at {advertised} is unreachable: {exc}"
+    if code != 200:
+        return "False", f"the remote API server at {advertised} answered {code}"
+    return "True", "The Liqo Virtual Kubelet is posting ready status"
+
+
+def virtual_node(provider_id: str, values: dict[str, Any], ready: tuple[str, str]) -> dict[str, Any]:
     """Return the Node object of the virtual node representing ``provider_id`` in the consumer."""
     now = rfc3339()
     resources = {"cpu": values.get("cpu") or "4", "memory": values.get("memory") or "8Gi",
@@ -151,12 +224,12 @@ def virtual_node(provider_id: str, values: dict[str, Any]) -> dict[str, Any]:
             "node.kubernetes.io/exclude-from-external-load-balancers": "true"}},
         "spec": {"taints": [{"key": "virtual-node.liqo.io/not-allowed", "value": "true", "effect": "NoExecute"}]},
         "status": {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "The Liqo Virtual Kubelet is posting ready status",
-                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "conditions": [{"type": "Ready", "status": ready[0],
+                            "reason": "KubeletReady" if ready[0] == "True" else "KubeletNotReady",
+                            "message": ready[1], "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "capacity": resources, "allocatable": resources,
             "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
-                         "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": VERSION, "machineID": "",
+                         "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": version(), "machineID": "",
                          "operatingSystem": "linux", "osImage": "", "systemUUID": ""},
         },
     }
@@ -215,7 +288,8 @@ def peer(values: dict[str, Any]) -> None:
     local = connect(values.get("kubeconfig", ""), values.get("context"), "local")
     remote = connect(values["remote-kubeconfig"], values.get("remote-context"), "remote")
     consumer_id = require_installation(local, namespace, "local")["CLUSTER_ID"]
-    provider_id = require_installation(remote, values.get("remote-namespace") or "liqo", "remote")["CLUSTER_ID"]
+    provider = require_installation(remote, values.get("remote-namespace") or "liqo", "remote")
+    provider_id = provider["CLUSTER_ID"]
     if consumer_id == provider_id:
         raise LiqoError(f"the local and the remote cluster have the same cluster ID \"{consumer_id}\"")
     apply_fault("liqoctl-peer", "(local) Timed out waiting for the connection to be established")
@@ -238,7 +312,8 @@ def peer(values: dict[str, Any]) -> None:
          peering_record(consumer_id, "Consumer"), accept=(201, 409))
     if values.get("create-resource-slice", True) and values.get("create-virtual-node", True):
         say("(local) ResourceSlice resources: Accepted")
-        call(local, "POST", "/api/v1/nodes", "local", virtual_node(provider_id, values), accept=(201, 409))
+        ready = remote_api_condition(remote, provider.get(API_ADDRESS) or "")
+        call(local, "POST", "/api/v1/nodes", "local", virtual_node(provider_id, values, ready), accept=(201, 409))
         say("(local) VirtualNode correctly created")
     say(f"Peering with cluster \"{provider_id}\" enabled")
 
@@ -277,7 +352,7 @@ def info(values: dict[str, Any]) -> None:
     labels = dict(p.split("=", 1) for p in found.get("CLUSTER_LABELS", "").split(",") if "=" in p)
     data: dict[str, Any] = {
         "local": {"clusterID": found["CLUSTER_ID"], "version": found.get("VERSION", ""), "labels": labels,
-                  "APIServerAddr": client.client.server},
+                  "APIServerAddr": found.get(API_ADDRESS) or client.client.server},
         "peerings": {"peers": [{"clusterID": r["data"]["clusterID"], "role": r["data"]["role"],
                                 "networkingStatus": "Healthy", "authenticationStatus": "Healthy",
                                 "offloadingStatus": "Healthy"} for r in records.get("items", [])]},
@@ -312,23 +387,33 @@ def run(args: list[str]) -> int:
     """Run one liqoctl command line (without the program name)."""
     words = [a for a in args if not a.startswith("-")][:2]
     command = words[0] if words else ""
-    specific = {"install": INSTALL_FLAGS, "peer": PEER_FLAGS, "unpeer": UNPEER_FLAGS,
+    specific = {"install": INSTALL_FLAGS, "peer": peer_flags(), "unpeer": UNPEER_FLAGS,
                 "info": [Flag("output", "o"), Flag("get", "g")], "version": [Flag("client", kind="bool")]}
     if command not in specific:
         raise NotModelled(f"command {command!r}")
+    if command == "peer":
+        unknown = next((a for a in args if a.split("=", 1)[0].removeprefix("--") in GATEWAY_FLAGS), None)
+        if unknown is not None and not has_gateway_flags():
+            print(f"Error: unknown flag: {unknown.split('=', 1)[0]}", file=sys.stderr)
+            return 1
     values, positional = parse_flags(args, GLOBAL_FLAGS + specific[command])
+    if values.get("help"):
+        if positional != ["peer"]:
+            raise NotModelled(f"--help of {' '.join(positional)!r}")
+        print(peer_help())
+        return 0
     expected = ["install", "kind"] if command == "install" else [command]
     if positional != expected:
         raise NotModelled(f"arguments {' '.join(positional)!r}")
     try:
         if command == "version":
-            print(f"Client version: {VERSION}")
+            print(f"Client version: {version()}")
             if not values.get("client"):
                 client = connect(values.get("kubeconfig", ""), values.get("context"), "local")
                 found = installation(client, values.get("namespace") or "liqo", "local")
                 if found is None:
                     raise LiqoError("Unable to retrieve the Liqo server version: release: not found")
-                print(f"Server version: {found.get('VERSION', VERSION)}")
+                print(f"Server version: {found.get('VERSION', version())}")
         else:
             {"install": install, "peer": peer, "unpeer": unpeer, "info": info}[command](values)
     except LiqoError as exc:
