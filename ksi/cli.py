@@ -233,13 +233,14 @@ def _doctor(args: argparse.Namespace, node: str) -> int:
 
     from ksi import settings as settings_mod
     from ksi.doctor import Host, run_checks
+    from ksi.preflight import kind_environment
 
     environ = dict(os.environ)
     state_var = settings_mod.env_name("state_dir")
     loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k == state_var})
     if problems:
         raise ChecksFailed(problems)
-    checks = run_checks(Host.this_node(environ), args.shared_dir, loaded.state_dir)
+    checks = run_checks(Host.this_node(kind_environment(loaded, environ)), args.shared_dir, loaded.state_dir)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"node": node, "ok": ok, "checks": [c.as_dict() for c in checks]}), flush=True)

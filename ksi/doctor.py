@@ -146,14 +146,24 @@ def check_delegation(host: Host) -> Check:
     fix = ("create /etc/systemd/system/user@.service.d/delegate.conf with `[Service]` and "
            "`Delegate=cpu cpuset io memory pids`, then `systemctl daemon-reload` and log in again")
     controllers_file = service / "cgroup.controllers"
+    if cgroups.delegated(cgroup_root, host.proc_root / "self/cgroup"):
+        return Check(name, True, "this process's own cgroup is delegated")
     if controllers_file.is_file():
         have = set(_read(controllers_file).split())
         missing = [c for c in needed if c not in have]
-        if not missing:
-            return Check(name, True, f"user@{host.uid}.service has {' '.join(sorted(have & set(needed)))}")
-        return Check(name, False, f"user@{host.uid}.service lacks {' '.join(missing)}", fix)
-    if cgroups.delegated(cgroup_root, host.proc_root / "self/cgroup"):
-        return Check(name, True, "this process's own cgroup is delegated")
+        if missing:
+            return Check(name, False, f"user@{host.uid}.service lacks {' '.join(missing)}", fix)
+        # This process's cgroup is not delegated (a Slurm step's is not): ksi run starts kind through
+        # systemd-run --user --scope, so that must work here, not just exist.
+        probe = [*cgroups.SYSTEMD_SCOPE, "true"]
+        scope = _tool_output(host, probe)
+        if isinstance(scope, KsiError):
+            return Check(name, False, f"user@{host.uid}.service has the controllers, but `{' '.join(probe)}` fails "
+                         f"here: {scope.message}",
+                         "the user's systemd must be reachable from jobs: XDG_RUNTIME_DIR=/run/user/UID with its "
+                         "bus socket (pam_systemd in Slurm's PAM stack, or `loginctl enable-linger USER`)")
+        return Check(name, True, f"user@{host.uid}.service has {' '.join(sorted(have & set(needed)))}; kind runs "
+                     "in a delegated systemd-run --user --scope")
     return Check(name, False, f"no user@{host.uid}.service cgroup (no systemd user instance) and this "
                  "process's cgroup is not delegated",
                  "enable the user's systemd (`loginctl enable-linger USER`, or pam_systemd for Slurm jobs); " + fix)
@@ -267,7 +277,8 @@ def check_inotify(host: Host) -> Check:
         return Check(name, True, ", ".join(f"{k}={v}" for k, v in found.items()))
     return Check(name, False, ", ".join(problems),
                  f"as root: `sysctl fs.inotify.max_user_watches={MIN_INOTIFY_WATCHES} "
-                 f"fs.inotify.max_user_instances={MIN_INOTIFY_INSTANCES}` and put both in /etc/sysctl.d/ksi.conf")
+                 f"fs.inotify.max_user_instances={MIN_INOTIFY_INSTANCES}` and put both in /etc/sysctl.d/60-ksi.conf "
+                 "(setup/prepare-node.sh does both)")
 
 
 # --- tools -----------------------------------------------------------------------------------------------

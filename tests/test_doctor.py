@@ -40,6 +40,12 @@ case "$1" in
   *) echo "fake nerdctl: unexpected $*" >&2; exit 9 ;;
 esac
 """
+SYSTEMD_RUN = """#!/bin/sh
+[ "$1 $2 $3 $4" = "--user --scope --quiet --property=Delegate=yes" ] || { echo "fake systemd-run: $*" >&2; exit 9; }
+[ -n "$FAKE_SCOPE_FAIL" ] && { echo "$FAKE_SCOPE_FAIL" >&2; exit 1; }
+shift 4
+exec "$@"
+"""
 LIQOCTL = """#!/bin/sh
 case "$1 $2" in
   "version --client") echo "Client version: ${FAKE_LIQO_VERSION:-v1.0.0}" ;;
@@ -110,7 +116,7 @@ def node(tmp_path: Path) -> Staged:
     home.mkdir(parents=True)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    for name, text in (("kind", KIND), ("nerdctl", NERDCTL), ("liqoctl", LIQOCTL)):
+    for name, text in (("kind", KIND), ("nerdctl", NERDCTL), ("liqoctl", LIQOCTL), ("systemd-run", SYSTEMD_RUN)):
         _tool(bin_dir, name, text)
     info = root / "nerdctl-info.json"
     info.write_text(json.dumps(INFO))
@@ -213,6 +219,8 @@ FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]
      {DELEGATION: ("lacks pids", "Delegate=cpu cpuset io memory pids")}),
     ("no systemd user instance", _no_user_service,
      {DELEGATION: ("no systemd user instance", "enable-linger")}),
+    ("systemd-run --user --scope fails in the job", _env(FAKE_SCOPE_FAIL="Failed to connect to bus: No such file"),
+     {DELEGATION: ("--property=Delegate=yes true` fails here", "pam_systemd")}),
     ("iptable_nat not loaded", _modules("ip6_tables", "ip6table_nat", "ip_tables", "wireguard"),
      {"kernel modules ip6_tables, ip6table_nat, ip_tables, iptable_nat": ("iptable_nat not loaded",
                                                                           "modprobe -a iptable_nat")}),
