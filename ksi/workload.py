@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ksi import log, signals
-from ksi.errors import EXIT_USAGE, Interrupted, KsiError, Problem
+from ksi.errors import EXIT_USAGE, Interrupted, Problem
 
 _log = log.get(__name__)
 _PUMP_JOIN = 5.0
@@ -31,6 +31,38 @@ class Workload:
 
 
 _ELF = b"\x7fELF"
+# The guardian leads the workload's process group: it asks the kernel for SIGUSR2 when ksi dies
+# (PR_SET_PDEATHSIG) and then SIGKILLs the whole group. A SIGKILLed ksi (KillWait, OOM, kill -9) cannot
+# forward anything, and the group would live on as orphans, which Slurm's proctrack/linuxproc no longer tracks
+# once they are reparented. The stop signals ksi forwards to the group are the workload's to handle: the
+# guardian catches them with a no-op handler (reset to the default on exec, so the workload sees them as
+# usual). It exits the way the workload did (same code, same signal); an exec failure exits 126/127 as a
+# shell's does. A separate interpreter because Popen's preexec_fn is unsafe with threads.
+_GUARDIAN = """\
+import ctypes, os, signal, sys
+parent, argv = int(sys.argv[1]), sys.argv[2:]
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+    signal.signal(sig, lambda signum, frame: None)
+signal.signal(signal.SIGUSR2, lambda signum, frame: os.killpg(0, signal.SIGKILL))
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR2)
+if os.getppid() != parent:
+    os.killpg(0, signal.SIGKILL)
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"ksi: cannot start the workload {argv[0]}: {exc.strerror}", file=sys.stderr)
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+if code < 0:
+    try:
+        signal.signal(-code, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL and SIGSTOP have no handler to reset
+    os.kill(os.getpid(), -code)
+os._exit(code if code >= 0 else 128 - code)
+"""
 
 
 def _interpreter_problem(path: Path, line: bytes, search_path: str) -> Problem | None:
@@ -117,18 +149,15 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, gra
 
     stdout and stderr pass through live and are also appended to ``output`` (0600). A stop signal that
     reaches ksi while the workload runs is forwarded to the workload's process group; after ``grace``
-    seconds the group is killed. The status is 128+N when the workload died from signal N.
+    seconds the group is killed; if ksi itself is killed, so is the workload (parent-death signal). The
+    status is 128+N when the workload died from signal N.
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
     lock = threading.Lock()
-    try:
-        child = subprocess.Popen(list(workload.argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
-    except OSError as exc:  # checked up front, so only a change since then (or a broken binary) lands here
-        keep.close()
-        raise KsiError(f"cannot start the workload {str(workload.path)!r}: {exc.strerror}", step="workload",
-                       fix="check the file, its #! line and its permissions") from None
+    argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN, str(os.getpid()), *workload.argv]
+    child = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, process_group=0)
     assert child.stdout is not None and child.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, keep, lock), daemon=True),

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ from tests.testbed.plugin import SlurmBed
 LABEL = "io.x-k8s.kind.cluster"
 HELD = """\
 #!/bin/bash
-# Says which ksi (its parent) and which workload pid it is, then waits for the release file (60 s at most).
-echo "$PPID $$" > "$MARKS/$K8S_CLUSTER_NAME.tmp" && mv "$MARKS/$K8S_CLUSTER_NAME.tmp" "$MARKS/$K8S_CLUSTER_NAME"
+# Says which ksi (the parent of its guardian, its own parent) and which workload pid it is, then waits for the
+# release file (60 s at most).
+read -r _ _ _ ksi _ < /proc/$PPID/stat
+echo "$ksi $$" > "$MARKS/$K8S_CLUSTER_NAME.tmp" && mv "$MARKS/$K8S_CLUSTER_NAME.tmp" "$MARKS/$K8S_CLUSTER_NAME"
 for _ in $(seq 1200); do [ -e "$MARKS/release" ] && exit 0; sleep 0.05; done
 exit 9
 """
@@ -62,21 +64,16 @@ class Held:
     workload_pid: int
     run_dir: Path
 
-    def kill(self, *, workload: bool = True) -> None:
-        """SIGKILL ksi (no teardown happens) and, unless told otherwise, its orphaned workload."""
+    def kill(self) -> None:
+        """SIGKILL ksi (no teardown happens); its workload dies with it (the guardian's parent-death signal)."""
         os.kill(self.ksi_pid, signal.SIGKILL)
         self.process.communicate(timeout=30)
-        if workload:
-            kill_pid(self.workload_pid)
+        wait_for(lambda: not alive(self.workload_pid), 10, f"the workload {self.workload_pid} to die with ksi")
 
 
-def kill_pid(pid: int) -> None:
-    """SIGKILL ``pid`` and wait until it is gone."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), 10, f"pid {pid} to die")
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie does not)."""
+    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
 
 
 def _proc_state(pid: int) -> str:
@@ -95,6 +92,7 @@ class Bench:
     marks: Path
     workload: Path
     slurm: Path
+    claims: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, **env: str) -> Held:
         """Start a held `ksi run` (extra environment for it only) and wait until its workload runs."""
@@ -118,6 +116,13 @@ class Bench:
             path.unlink(missing_ok=True)
         else:
             path.write_text(f"{job_id} {state}\n")
+
+    def claim(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a detached process that uses cluster ``name``; killed when the test ends."""
+        user = subprocess.Popen(["sleep", "120"], env={**os.environ, "K8S_CLUSTER_NAME": name},
+                                start_new_session=True)
+        self.claims.append(user)
+        return user
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run a ksi subcommand to completion."""
@@ -159,6 +164,9 @@ def bench(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> Iterator[Bench]:
     bench = Bench(ksi, simhost, marks, workload, slurm)
     yield bench
     (marks / "release").write_text("")  # a failing test must not leave workloads waiting
+    for user in bench.claims:
+        user.kill()
+        user.wait(timeout=10)
 
 
 def assert_nothing_left(bench: Bench) -> None:
@@ -236,18 +244,22 @@ def test_cleanup_removes_a_killed_runs_cluster_reservation_and_secrets_and_keeps
     assert_nothing_left(bench)
 
 
-def test_a_dead_runs_cluster_is_kept_while_its_orphaned_workload_uses_it(bench: Bench) -> None:
+def test_a_dead_runs_cluster_is_kept_while_a_process_still_uses_it(bench: Bench) -> None:
+    """A SIGKILLed ksi takes its workload's process group along; a detached process of the workload's that
+    still uses the cluster keeps it from being reclaimed."""
     orphaned = bench.start()
-    orphaned.kill(workload=False)  # standalone: nothing kills the workload's own process group
+    orphaned.kill()  # also proves the workload died with ksi
+    user = bench.claim(orphaned.name)
 
     entry = bench.listing()[orphaned.name]
     assert entry["state"] == "running" and entry["record"] == "ok" and not entry["reclaimable"]
-    assert entry["reason"] == f"ksi process {orphaned.ksi_pid} is gone; process {orphaned.workload_pid} still uses it"
+    assert entry["reason"] == f"ksi process {orphaned.ksi_pid} is gone; process {user.pid} still uses it"
     kept = bench.cli("cleanup")
     assert kept.returncode == 0 and stdout_lines(kept, "deleted") == []
     assert bench.nodes(orphaned.name)
 
-    kill_pid(orphaned.workload_pid)
+    user.kill()
+    user.wait(timeout=10)
     assert [orphaned.name in line for line in stdout_lines(bench.cli("cleanup"), "deleted")] == [True]
     assert_nothing_left(bench)
 
@@ -410,14 +422,15 @@ def test_dry_run_changes_nothing(bench: Bench) -> None:
 
 def test_clusters_with_damaged_or_missing_records_are_found_and_removed(bench: Bench) -> None:
     damaged, missing = bench.start(), bench.start()
-    damaged.kill(workload=False)  # its workload still uses the cluster
+    damaged.kill()
     missing.kill()
     (bench.ksi.state / "clusters" / f"{damaged.name}.json").write_text('{"name": "trunc')
     (bench.ksi.state / "clusters" / f"{missing.name}.json").unlink()
+    user = bench.claim(damaged.name)  # a process that still uses the cluster
 
     clusters = bench.listing()
     assert clusters[damaged.name]["state"] == "unknown" and clusters[damaged.name]["record"] == "damaged"
-    assert clusters[damaged.name]["reason"] == f"record damaged; process {damaged.workload_pid} uses it"
+    assert clusters[damaged.name]["reason"] == f"record damaged; process {user.pid} uses it"
     assert clusters[missing.name]["state"] == "unknown" and clusters[missing.name]["record"] == "missing"
     assert clusters[missing.name]["reason"] == "no record; no live ksi process claims it"
     assert clusters[missing.name]["port"] == port_of(missing)  # found through the port reservation
@@ -428,7 +441,8 @@ def test_clusters_with_damaged_or_missing_records_are_found_and_removed(bench: B
     assert bench.nodes(missing.name) == [] and bench.nodes(damaged.name)
     assert str(port_of(missing)) not in bench.ksi.reservations()
 
-    kill_pid(damaged.workload_pid)
+    user.kill()
+    user.wait(timeout=10)
     second = bench.cli("cleanup")
     assert second.returncode == 0, second.stderr
     assert [damaged.name in line for line in stdout_lines(second, "deleted")] == [True]

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slurm
 LABEL = "io.x-k8s.kind.cluster"
 HELD = """\
 #!/bin/bash
-echo "$PPID $$" > "$MARKS/$K8S_CLUSTER_NAME.tmp" && mv "$MARKS/$K8S_CLUSTER_NAME.tmp" "$MARKS/$K8S_CLUSTER_NAME"
+# The workload's parent is ksi's guardian of its process group; ksi is the guardian's parent.
+read -r _ _ _ ksi _ < /proc/$PPID/stat
+echo "$ksi $$" > "$MARKS/$K8S_CLUSTER_NAME.tmp" && mv "$MARKS/$K8S_CLUSTER_NAME.tmp" "$MARKS/$K8S_CLUSTER_NAME"
 for _ in $(seq 1200); do [ -e "$MARKS/release" ] && exit 0; sleep 0.05; done
 exit 9
 """
