@@ -266,10 +266,12 @@ def test_a_dead_runs_cluster_is_kept_while_a_process_still_uses_it(bench: Bench)
 
 def test_cleanup_leaves_a_cluster_being_created_alone(bench: Bench) -> None:
     creating = bench.ksi.start("run", str(bench.workload), str(bench.ksi.shared),
-                               env={"KSI_SIM_FAULTS": "kind-create:slow=4"})
+                               env={"KSI_SIM_FAULTS": "kind-create:slow=10"})
     wait_for(bench.ksi.registry, 30, "the record written before `kind create`")
     result = bench.cli("cleanup")
     assert result.returncode == 0, result.stderr
+    [run_dir] = bench.ksi.run_dirs()
+    assert bench.ksi.record(run_dir)["state"] == "creating"  # the cleanup really ran during the create
     assert stdout_lines(result, "deleted") == []
     assert any("is alive" in line for line in stdout_lines(result, "kept"))
     wait_for(lambda: [n for n in os.listdir(bench.marks) if not n.endswith(".tmp")], 60, "the workload")
@@ -482,7 +484,7 @@ def test_sigterm_stops_a_cleanup_between_clusters_never_inside_one(bench: Bench)
     runs = [bench.start(), bench.start()]
     for held in runs:
         held.kill()
-    cleanup = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=2"})
+    cleanup = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=8"})  # a wide window
     [first_delete] = wait_for(_kind_deletes, 60, "the first `kind delete cluster`")
     cleanup.send_signal(signal.SIGTERM)
     status, out, err = finish(cleanup, timeout=60)

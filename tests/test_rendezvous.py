@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ksi import proc
+from ksi import proc, rendezvous
 from ksi.errors import CommandFailed, CommandTimeout, KsiError, ToolMissingError
 from ksi.rendezvous import ABORT, DONE, LEADER, Aborted, Heartbeat, Liveness, Rendezvous, heartbeat, join
 from ksi.slurm import expand_nodelist
+from ksi.state import read_json
+from tests.ksi_helpers import wait_for
 
 
 @pytest.mark.parametrize(("nodelist", "expected"), [
@@ -31,18 +33,26 @@ def test_expand_nodelist(nodelist: str, expected: list[str]) -> None:
     assert expand_nodelist(nodelist) == expected
 
 
-def test_leader_moves_a_stale_directory_aside_and_followers_ignore_it(tmp_path: Path) -> None:
+def test_leader_moves_a_stale_directory_aside_and_followers_ignore_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = Rendezvous.location(tmp_path, "42", "0", 0)
     path.mkdir(parents=True)
     old_leader = {"nonce": "stale", "started": time.time() - 86400, "port": 31000, "gateway_port": 31001}
     (path / LEADER).write_text(json.dumps(old_leader))
     (path / DONE).write_text(json.dumps({"nonce": "stale", "status": 3}))
 
+    reads: list[Path] = []
+
+    def counting_read(file: Path) -> object:
+        reads.append(file)
+        return read_json(file)
+
+    monkeypatch.setattr(rendezvous, "read_json", counting_read)
     joined: list[Rendezvous] = []
     follower = threading.Thread(target=lambda: joined.append(join(path, 1, "n2", time.time(), 10, "n1")))
     follower.start()
-    time.sleep(0.3)  # the follower is polling the stale file meanwhile; it must not take it
-    assert joined == []
+    wait_for(lambda: reads.count(path / LEADER) >= 3, 10, "the follower to poll the stale leader.json")
+    assert joined == []  # it read the stale file three times and did not take it
     leader = Rendezvous.create(path, "n1")
     leader.publish(LEADER, {"started": time.time(), "port": 31234, "gateway_port": 31235})
     follower.join(timeout=10)
@@ -169,18 +179,21 @@ def _state(pid: int) -> str:
         return "Z"
 
 
+# A teardown command that starts, then waits for "<marker>.go" (10 s at most) before it finishes.
+HELD_COMMAND = ('echo ready > "$0"; for _ in $(seq 500); do [ -e "$0.go" ] && break; sleep 0.02; done; '
+                'echo finished > "$0"')
+
+
 def test_shielded_commands_ignore_stop_signals(tmp_path: Path) -> None:
     """Teardown commands must survive the repeated TERM that Slurm sends to the whole step."""
     marker = tmp_path / "marker"
-    script = ("import sys; from ksi import proc; proc.run(['sh', '-c', "
-              "'echo ready > \"$0\"; sleep 1; echo finished > \"$0\"', sys.argv[1]], timeout=30, shielded=True)")
+    script = ("import sys; from ksi import proc; proc.run(['sh', '-c', SHIELDED, sys.argv[1]], timeout=30, "
+              "shielded=True)").replace("SHIELDED", repr(HELD_COMMAND))
     child = subprocess.Popen([sys.executable, "-c", script, str(marker)], start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the shielded command never started"
-        time.sleep(0.02)
+    wait_for(marker.exists, 10, "the shielded command to start")
     os.killpg(child.pid, signal.SIGTERM)  # the whole group, as scancel does: python dies, sh must not
     assert child.wait(timeout=10) == -signal.SIGTERM
+    Path(f"{marker}.go").touch()  # only now may the command finish
     deadline = time.monotonic() + 10
     while marker.read_text() != "finished\n":
         assert time.monotonic() < deadline, "the shielded command was killed by SIGTERM"
@@ -194,17 +207,14 @@ def test_an_interrupted_ksi_lets_its_shielded_command_finish(tmp_path: Path) -> 
               "from ksi.signals import SignalGuard\n"
               "with SignalGuard().installed():\n"
               "    try:\n"
-              "        proc.run(['sh', '-c', 'echo ready > \"$0\"; sleep 1; echo finished > \"$0\"', sys.argv[1]],"
-              " timeout=30, shielded=True)\n"
+              f"        proc.run(['sh', '-c', {HELD_COMMAND!r}, sys.argv[1]], timeout=30, shielded=True)\n"
               "    except Interrupted as exc:\n"
               "        print('interrupted', open(sys.argv[1]).read().strip())\n"
               "        sys.exit(exc.exit_code)\n")
     child = subprocess.Popen([sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the shielded command never started"
-        time.sleep(0.02)
+    wait_for(marker.exists, 10, "the shielded command to start")
     child.send_signal(signal.SIGTERM)
+    Path(f"{marker}.go").touch()  # the command finishes only after ksi was interrupted
     out, _ = child.communicate(timeout=20)
     assert child.returncode == 128 + signal.SIGTERM
     assert out.strip() == "interrupted finished"  # the command ran to its end before ksi stopped
