@@ -446,12 +446,12 @@ def _toml(path: Path) -> dict[str, Any]:
         return {}
 
 
-def data_roots(host: Host, info: dict[str, object] | str) -> dict[str, Path]:
+def data_roots(host: Host) -> dict[str, Path]:
     """Return where rootless containerd and nerdctl keep their data, from their configs or the defaults.
 
     containerd: ``root`` in ~/.config/containerd/config.toml, else $XDG_DATA_HOME/containerd; nerdctl:
     ``data_root`` in $NERDCTL_TOML (~/.config/nerdctl/nerdctl.toml), else $XDG_DATA_HOME/nerdctl. (nerdctl info
-    does not report a data root, unlike docker info; if it ever does, DockerRootDir is honoured too.)
+    reports no data root, unlike docker info: its dockercompat.Info has no DockerRootDir.)
     """
     env = host.env
     config_home = Path(env.get("XDG_CONFIG_HOME") or host.home / ".config")
@@ -463,12 +463,10 @@ def data_roots(host: Host, info: dict[str, object] | str) -> dict[str, Path]:
         "containerd": Path(containerd) if isinstance(containerd, str) and containerd else data_home / "containerd",
         "nerdctl": Path(nerdctl) if isinstance(nerdctl, str) and nerdctl else data_home / "nerdctl",
     }
-    if isinstance(info, dict) and isinstance(info.get("DockerRootDir"), str) and info["DockerRootDir"]:
-        roots["runtime"] = Path(str(info["DockerRootDir"]))
     return roots
 
 
-def check_data_roots(host: Host, info: dict[str, object] | str) -> Check:
+def check_data_roots(host: Host) -> Check:
     """Check that the container data roots are not on a filesystem shared between nodes (NFS, Lustre, GPFS...)."""
     name = "container data roots node-local"
     mounts = parse_mountinfo(_read(host.proc_root / "self/mountinfo"))
@@ -476,7 +474,7 @@ def check_data_roots(host: Host, info: dict[str, object] | str) -> Check:
         return Check(name, False, "cannot read /proc/self/mountinfo", "check that /proc is mounted")
     shared: list[str] = []
     local: list[str] = []
-    for what, root in data_roots(host, info).items():
+    for what, root in data_roots(host).items():
         mount = mount_of(Path(os.path.realpath(root)), mounts)
         fstype = mount.fstype if mount else "?"
         (shared if fstype in SHARED_FS else local).append(f"{what} {root} on {fstype}")
@@ -527,7 +525,7 @@ def run_checks(host: Host, shared_dir: str, state_dir: Path) -> list[Check]:
         check_runtime_dir(host),
         check_subids(host, "uid"),
         check_subids(host, "gid"),
-        check_data_roots(host, info),
+        check_data_roots(host),
         check_shared(shared_dir),
         check_state_dir(state_dir),
     ]

@@ -367,12 +367,15 @@ def test_nerdctl_rm_refuses_running_containers_without_force(simhost: SimHost, t
     simhost.assert_clean()
 
 
-def test_nerdctl_info_reports_rootless_cgroup2_and_data_root(simhost: SimHost) -> None:
+def test_nerdctl_info_reports_rootless_cgroup2_and_no_data_root(simhost: SimHost) -> None:
     info = json.loads(run(simhost, "nerdctl", "info", "--format", "{{json .}}").stdout)
     assert "name=rootless" in info["SecurityOptions"] and info["CgroupVersion"] == "2"
-    rootful = json.loads(run(simhost, "nerdctl", "info", "--format", "{{json .}}", env={
-        "KSI_SIM_ROOTFUL": "1", "KSI_SIM_DATA_ROOT": "/scratch/containerd"}).stdout)
-    assert "name=rootless" not in rootful["SecurityOptions"] and rootful["DockerRootDir"] == "/scratch/containerd"
+    assert "DockerRootDir" not in info  # nerdctl's dockercompat.Info has no such field, unlike docker info
+    assert json.loads(run(simhost, "nerdctl", "info", "--format", "json").stdout) == info  # the shorthand
+    rootful = json.loads(run(simhost, "nerdctl", "info", "--format", "{{json .}}", env={"KSI_SIM_ROOTFUL": "1"}).stdout)
+    assert "name=rootless" not in rootful["SecurityOptions"]
+    table = run(simhost, "nerdctl", "ps", "--format", "table {{.ID}}")
+    assert table.returncode == NOT_MODELLED_EXIT and "table template" in table.stderr
     assert run(simhost, "nerdctl", "version").stdout.startswith("Client:\n Version:\tv2.")
 
 
@@ -689,3 +692,24 @@ def test_ksi_refuses_a_liqoctl_whose_peer_lacks_the_gateway_flags(simhost: SimHo
     assert problem.code == 4 and "install a newer liqoctl v1" in problem.fix
     assert problem.message.startswith("liqoctl v1.0.0-rc.3 has no --gw-server-service-type, "
                                       "--gw-server-service-nodeport")
+
+
+def test_liqoctl_peer_connects_only_the_way_a_gateway_behind_rootless_nat_can(simhost: SimHost, tmp_path: Path) -> None:
+    consumer, provider = tmp_path / "consumer", tmp_path / "provider"
+    create(simhost, "cons", consumer)
+    create(simhost, "prov", provider)
+    for kubeconfig, cluster_id in ((consumer, "milan"), (provider, "rome")):
+        assert run(simhost, "liqoctl", "install", "kind", "--cluster-id", cluster_id, "--kubeconfig",
+                   str(kubeconfig)).returncode == 0
+    base = ["liqoctl", "peer", "--kubeconfig", str(consumer), "--remote-kubeconfig", str(provider), "--timeout", "1s"]
+    for extra in ([], ["--gw-server-service-type", "ClusterIP"],
+                  ["--gw-server-service-type", "NodePort", "--gw-server-service-nodeport", "30051"]):
+        unreachable = run(simhost, *base, *extra)  # no client address: the consumer dials the node's own IP
+        assert unreachable.returncode == 1 and "Timed out waiting for the connection" in unreachable.stderr, extra
+    out_of_range = run(simhost, *base, "--gw-server-service-type", "NodePort", "--gw-server-service-nodeport", "80",
+                       "--gw-client-address", "127.0.0.1", "--gw-client-port", "80")
+    assert out_of_range.returncode == 1 and "provided port is not in the valid range" in out_of_range.stderr
+    for unmodelled in (["--in-band"], ["--gw-server-service-location", "Consumer"], ["--mtu", "1400"]):
+        refused = run(simhost, *base, *unmodelled)
+        assert refused.returncode == NOT_MODELLED_EXIT and "does not model" in refused.stderr, unmodelled
+    assert simhost.api_nodes(consumer) == ["cons-control-plane"]

@@ -48,8 +48,7 @@ PEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-na
               Flag("in-band", kind="bool"), Flag("create-resource-slice", kind="bool"),
               Flag("create-virtual-node", kind="bool"), Flag("networking-disabled", kind="bool"),
               Flag("cpu"), Flag("memory"), Flag("pods"), Flag("mtu"), Flag("resource-slice-class")]
-UNPEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-namespace"), Flag("timeout"),
-                Flag("wait", kind="bool"), Flag("delete-namespaces", kind="bool")]
+UNPEER_FLAGS = [Flag("remote-kubeconfig"), Flag("remote-context"), Flag("remote-namespace"), Flag("timeout")]
 
 
 GATEWAY_FLAGS = ("gw-server-service-type", "gw-server-service-nodeport", "gw-server-service-port",
@@ -249,13 +248,23 @@ def validate_gateway(values: dict[str, Any]) -> None:
         if flag in values and values[flag] not in allowed:
             raise LiqoError(f'invalid argument "{values[flag]}" for "--{flag}" flag: must be one of '
                             + ", ".join(allowed))
-    for flag in ("gw-server-service-nodeport", "gw-server-service-port", "gw-client-port", "mtu"):
+    for flag in ("gw-server-service-nodeport", "gw-server-service-port", "gw-client-port"):
         if flag in values and not (str(values[flag]).isdigit() and 0 <= int(values[flag]) <= 65535):
             raise LiqoError(f'invalid argument "{values[flag]}" for "--{flag}" flag: strconv.ParseInt: parsing '
                             f'"{values[flag]}": invalid syntax')
+    node_port = values.get("gw-server-service-nodeport")
+    if node_port is not None and not 30000 <= int(node_port) <= 32767:  # the API server validates the Service
+        raise LiqoError(f'(remote) Service "liqo-gateway" is invalid: spec.ports[0].nodePort: Invalid value: '
+                        f"{node_port}: provided port is not in the valid range. The range of valid ports is "
+                        "30000-32767")
+    for flag in ("in-band", "create-resource-slice", "resource-slice-class", "mtu"):
+        if flag in values:  # ksi uses none of these; what they change is not modelled
+            raise NotModelled(f"flag --{flag}")
+    if values.get("gw-server-service-location", "Provider") != "Provider":
+        raise NotModelled("--gw-server-service-location Consumer (the gateway server on the consumer)")
 
 
-def wait_for_gateway(address: str, port: int, node_port: int | None, timeout: float) -> None:
+def wait_for_gateway(address: str, port: int, node_port: int, timeout: float) -> None:
     """Wait until the provider's gateway answers on ``address:port`` (UDP), as the gateway client does.
 
     The provider's node container answers on every UDP host port it publishes, naming the container port
@@ -272,7 +281,7 @@ def wait_for_gateway(address: str, port: int, node_port: int | None, timeout: fl
                 answer = sock.recv(256).split()
             except OSError:
                 continue
-            if len(answer) == 2 and answer[0] == GATEWAY_PROBE and (node_port is None or int(answer[1]) == node_port):
+            if len(answer) == 2 and answer[0] == GATEWAY_PROBE and int(answer[1]) == node_port:
                 return
     raise LiqoError("(local) Timed out waiting for the connection to be established: context deadline exceeded "
                     f"(no Liqo gateway answers on {address}:{port}/udp)")
@@ -296,13 +305,19 @@ def peer(values: dict[str, Any]) -> None:
     if not values.get("networking-disabled"):
         say("(local) Network configuration correctly retrieved")
         say("(remote) Network configuration correctly retrieved")
-        say(f"(remote) Gateway server correctly set up ({values.get('gw-server-service-type', 'LoadBalancer')})")
+        service = values.get("gw-server-service-type", "LoadBalancer")
+        say(f"(remote) Gateway server correctly set up ({service})")
         say("(local) Gateway client correctly set up")
-        if values.get("gw-client-address") and values.get("gw-client-port") and not values.get("in-band") \
-                and values.get("gw-server-service-location", "Provider") == "Provider":
-            node_port = values.get("gw-server-service-nodeport")
-            wait_for_gateway(values["gw-client-address"], int(values["gw-client-port"]),
-                             int(node_port) if node_port else None, timeout)
+        node_port = values.get("gw-server-service-nodeport")
+        if service != "NodePort" or not node_port or not values.get("gw-client-address") \
+                or not values.get("gw-client-port"):
+            # On kind behind the rootless NAT only a NodePort published on the host, dialled at the host's
+            # address, is reachable: a LoadBalancer gets no address, a ClusterIP or the node's own IP is
+            # unreachable from another host. The client waits until --timeout, as the real one does.
+            time.sleep(timeout)
+            raise LiqoError("(local) Timed out waiting for the connection to be established: context deadline "
+                            f"exceeded (a {service} gateway server is unreachable from the consumer)")
+        wait_for_gateway(values["gw-client-address"], int(values["gw-client-port"]), int(node_port), timeout)
         say("(local) Connection is established")
     say("(local) Tenant namespace correctly ensured")
     say("(remote) Tenant correctly applied on provider cluster")

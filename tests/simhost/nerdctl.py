@@ -336,6 +336,10 @@ def check_template(template: str, labels: bool) -> None:
 
 def render(template: str, item: dict[str, Any], labels: dict[str, str] | None = None) -> str:
     """Render the Go-template subset nerdctl users need: ``{{json .}}``, ``{{.Field}}``, ``{{.Label "k"}}``."""
+    if template == "json":  # nerdctl's shorthand for {{json .}}
+        return go_json(item)
+    if template.startswith("table "):
+        raise NotModelled(f"--format {template!r} (a table template)")
     check_template(template, labels is not None)
 
     def action(match: re.Match[str]) -> str:
@@ -366,22 +370,20 @@ def table(rows: list[list[str]]) -> str:
 
 
 def info() -> dict[str, Any]:
-    """Return what ``nerdctl info --format '{{json .}}'`` prints (docker-compatible keys)."""
+    """Return what ``nerdctl info --format '{{json .}}'`` prints (dockercompat.Info: no DockerRootDir)."""
     apply_fault("nerdctl-info")
     rootless = os.environ.get("KSI_SIM_ROOTFUL") != "1"
-    home = os.environ.get("HOME", "/")
-    default_root = f"{home}/.local/share/containerd" if rootless else "/var/lib/containerd"
     security = ["name=seccomp,profile=builtin", "name=cgroupns"] + (["name=rootless"] if rootless else [])
     meminfo = Path("/proc/meminfo").read_text().split()
     return {
         "ID": "", "Driver": "overlayfs", "Plugins": {"Log": ["fluentd", "journald", "json-file", "syslog"],
                                                      "Storage": ["native", "overlayfs"]},
-        "MemoryLimit": True, "SwapLimit": True, "CPUCfsPeriod": True, "CPUCfsQuota": True, "CPUShares": True,
+        "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
         "CPUSet": True, "PidsLimit": True, "IPv4Forwarding": True, "BridgeNfIptables": False,
         "BridgeNfIp6tables": False, "LoggingDriver": "json-file", "CgroupDriver": "systemd", "CgroupVersion": "2",
         "KernelVersion": os.uname().release, "OperatingSystem": "Debian GNU/Linux 12 (bookworm)", "OSType": "linux",
         "Architecture": os.uname().machine, "NCPU": os.cpu_count() or 1, "MemTotal": int(meminfo[1]) * 1024,
-        "DockerRootDir": os.environ.get("KSI_SIM_DATA_ROOT") or default_root, "Name": socket.gethostname(),
+        "Name": socket.gethostname(),
         "ServerVersion": CONTAINERD_VERSION, "SecurityOptions": security, "Warnings": None,
     }
 
@@ -450,7 +452,9 @@ def run(args: list[str]) -> int:
         fmt = values.get("format", "")
         if values.get("quiet") and fmt not in ("", "table"):
             raise fatal("format and quiet must not be specified together")
-        if fmt not in ("", "table"):
+        if fmt.startswith("table "):
+            raise NotModelled(f"--format {fmt!r} (a table template)")
+        if fmt not in ("", "table", "json"):
             check_template(fmt, labels=True)
         items = [(list_item(c, truncate), c) for c in found]
         if values.get("quiet"):
