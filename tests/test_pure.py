@@ -247,31 +247,26 @@ def test_cgroup_v1_is_not_v2(tmp_path: Path) -> None:
 
 # --- workload resolution ----------------------------------------------------------------------------------
 
-def test_workload_resolution(tmp_path: Path) -> None:
-    executable = tmp_path / "run me.sh"
-    executable.write_text("#!/bin/sh\n")
-    executable.chmod(0o755)
-    text = tmp_path / "plain.sh"
-    text.write_text("echo hi\n")
-    text.chmod(0o644)
-    binary = tmp_path / "blob"
-    binary.write_bytes(b"\x7fELF\0\0\0")
-    binary.chmod(0o644)
+def _file(path: Path, content: str | bytes, mode: int) -> Path:
+    """Write ``content`` to ``path`` with ``mode`` and return the path."""
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    path.chmod(mode)
+    return path
 
-    no_shebang = tmp_path / "no-shebang.sh"
-    no_shebang.write_text("echo hi\n")
-    no_shebang.chmod(0o755)
-    elf = tmp_path / "tool"
-    elf.write_bytes(b"\x7fELF\0\0\0")
-    elf.chmod(0o755)
-    env_script = tmp_path / "env.py"
-    env_script.write_text("#!/usr/bin/env -S python3 -u\n")
-    env_script.chmod(0o755)
+
+def test_workload_resolution(tmp_path: Path) -> None:
+    executable = _file(tmp_path / "run me.sh", "#!/bin/sh\n", 0o755)
+    text = _file(tmp_path / "plain.sh", "echo hi\n", 0o644)
+    no_shebang = _file(tmp_path / "no-shebang.sh", "echo hi\n", 0o755)
+    elf = _file(tmp_path / "tool", b"\x7fELF\0\0\0", 0o755)
+    env_script = _file(tmp_path / "env.py", "#!/usr/bin/env -S python3 -u\n", 0o755)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "python3"):
-        (bin_dir / tool).write_text("#!/bin/sh\n")
-        (bin_dir / tool).chmod(0o755)
+        _file(bin_dir / tool, "#!/bin/sh\n", 0o755)
     path = str(bin_dir)
 
     assert resolve(str(executable), ["a b"], path) == Workload(executable, (str(executable), "a b"))
@@ -283,10 +278,7 @@ def test_workload_resolution(tmp_path: Path) -> None:
 
 
 def _shebang(tmp_path: Path, line: str) -> Path:
-    path = tmp_path / "w.sh"
-    path.write_text(f"{line}\necho hi\n")
-    path.chmod(0o755)
-    return path
+    return _file(tmp_path / "w.sh", f"{line}\necho hi\n", 0o755)
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -304,12 +296,8 @@ def test_workload_with_a_missing_interpreter_is_a_problem(tmp_path: Path, line: 
 
 
 def test_workload_problems(tmp_path: Path) -> None:
-    binary = tmp_path / "blob"
-    binary.write_bytes(b"\x7fELF\0\0\0")
-    binary.chmod(0o644)
-    text = tmp_path / "plain.sh"
-    text.write_text("echo hi\n")
-    text.chmod(0o644)
+    binary = _file(tmp_path / "blob", b"\x7fELF\0\0\0", 0o644)
+    text = _file(tmp_path / "plain.sh", "echo hi\n", 0o644)
     for path, message, search in ((tmp_path / "missing.sh", "does not exist", os.defpath),
                                   (tmp_path, "is a directory", os.defpath),
                                   (binary, "binary without execute permission", os.defpath),
