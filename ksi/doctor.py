@@ -386,18 +386,39 @@ def subid_ranges(text: str, user: str, uid: int) -> list[tuple[int, int]]:
     return ranges
 
 
+def getsubids_ranges(text: str) -> list[tuple[int, int]]:
+    """Return the (start, count) ranges in ``getsubids`` output (lines ``0: alice 165536 65536``)."""
+    ranges = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0].endswith(":") and parts[2].isdigit() and parts[3].isdigit():
+            ranges.append((int(parts[2]), int(parts[3])))
+    return ranges
+
+
 def check_subids(host: Host, kind: str) -> Check:
-    """Check that /etc/sub{u,g}id gives the user at least 65536 ids (``kind`` is "uid" or "gid")."""
+    """Check that the user has at least 65536 subordinate ids (``kind`` is "uid" or "gid").
+
+    /etc/sub{u,g}id first; where it has no entry, ``getsubids`` (shadow-utils), which also asks the
+    subid source of nsswitch.conf (``subid: sss`` at sites that keep them in LDAP).
+    """
     file = host.etc_root / f"sub{kind}"
     name = f"sub{kind} entries for {host.user}"
     fix = (f"as root: `usermod --add-sub{kind}s START-END {host.user}` with a range of {MIN_SUBIDS} ids "
            f"no other user has (same on every node)")
+    where = f"/etc/sub{kind}"
     total = sum(count for _, count in subid_ranges(_read(file), host.user, host.uid))
+    if total == 0 and proc.which("getsubids", host.env):
+        argv = ["getsubids", *(["-g"] if kind == "gid" else []), host.user]
+        out = _tool_output(host, argv)
+        if not isinstance(out, KsiError):
+            total, where = sum(count for _, count in getsubids_ranges(out)), " ".join(argv[:-1])
     if total >= MIN_SUBIDS:
-        return Check(name, True, f"{total} ids in /etc/sub{kind}")
+        return Check(name, True, f"{total} ids in {where}")
     if total == 0:
-        return Check(name, False, f"no entry in /etc/sub{kind}", fix)
-    return Check(name, False, f"only {total} ids in /etc/sub{kind} (need {MIN_SUBIDS})", fix)
+        return Check(name, False, f"no entry in /etc/sub{kind}" + ("" if where.startswith("/etc") else
+                                                                   " nor from getsubids"), fix)
+    return Check(name, False, f"only {total} ids in {where} (need {MIN_SUBIDS})", fix)
 
 
 # --- storage ---------------------------------------------------------------------------------------------

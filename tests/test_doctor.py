@@ -40,6 +40,13 @@ case "$1" in
   *) echo "fake nerdctl: unexpected $*" >&2; exit 9 ;;
 esac
 """
+GETSUBIDS = f"""#!/bin/sh
+# shadow-utils' getsubids: one line per range, "N: OWNER START COUNT"
+[ "$1" = "-g" ] && shift
+[ "$1" = "{USER}" ] || {{ echo "Error fetching ranges" >&2; exit 1; }}
+echo "0: {USER} 200000 32768"
+echo "1: {USER} 300000 32768"
+"""
 SYSTEMD_RUN = """#!/bin/sh
 [ "$1 $2 $3 $4" = "--user --scope --quiet --property=Delegate=yes" ] || { echo "fake systemd-run: $*" >&2; exit 9; }
 [ -n "$FAKE_SCOPE_FAIL" ] && { echo "$FAKE_SCOPE_FAIL" >&2; exit 1; }
@@ -180,6 +187,13 @@ def _no_user_service(node: Staged) -> Staged:
     return node
 
 
+def _with_tool(name: str, text: str) -> Callable[[Staged], Staged]:
+    def change(node: Staged) -> Staged:
+        _tool(node.root / "bin", name, text)
+        return node
+    return change
+
+
 def _no_tool(name: str) -> Callable[[Staged], Staged]:
     return _drop(f"bin/{name}")
 
@@ -292,6 +306,8 @@ PASSING_VARIANTS: list[tuple[str, Callable[[Staged], Staged]]] = [
         "sys/fs/cgroup/job/cgroup.controllers", "cpu memory pids\n")(_write(
             "proc/self/cgroup", "0::/job\n")(_no_user_service(n)))),
     ("subids by uid", _write("etc/subuid", f"{UID}:165536:65536\n")),
+    ("subids from nsswitch (getsubids), none in /etc", lambda n: _with_tool("getsubids", GETSUBIDS)(
+        _write("etc/subgid", "other:100000:65536\n")(_write("etc/subuid", "other:100000:65536\n")(n)))),
     ("containerd root moved off the shared home", lambda n: _write(
         "home/someuser/.config/containerd/config.toml", 'root = "/local/containerd"\n')(_write(
             "home/someuser/.config/nerdctl/nerdctl.toml", 'data_root = "/local/nerdctl"\n')(_home_on_nfs(n)))),
