@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.ksi_helpers import REPO, KsiRunner
+from tests.ksi_helpers import REPO, KsiRunner, isolated_environ
 
 if TYPE_CHECKING:
     from tests.simhost.plugin import SimHost
@@ -20,7 +20,9 @@ pytest_plugins = ["tests.simhost.plugin", "tests.testbed.plugin"]
 def ksi(simhost: SimHost, tmp_path: Path) -> KsiRunner:
     """A ksi command line on the simulated host, with its own HOME, state directory and shared directory.
 
-    Paths contain spaces and quotes on purpose: everything that handles paths must survive them.
+    Paths contain spaces and quotes on purpose: everything that handles paths must survive them. The
+    environment is the test's without Slurm's variables (a pytest inside an allocation must not make ksi
+    think it runs in a job step), without any KSI_* setting or fault, and without K8S_PORT and KUBECONFIG.
     """
     home = tmp_path / "home dir"
     (home / ".kube").mkdir(parents=True)
@@ -31,6 +33,7 @@ def ksi(simhost: SimHost, tmp_path: Path) -> KsiRunner:
     cwd.mkdir()
     state = tmp_path / "state"
     env = simhost.env(
+        isolated_environ(),
         HOME=str(home),
         KSI_STATE_DIR=str(state),
         KSI_SYSTEMD_SCOPE="never",  # the test host's cgroups are not delegated; the decision is unit-tested

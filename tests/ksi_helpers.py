@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.testbed.bedctl import SLURM_ENV_PREFIXES
+
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
@@ -20,6 +22,16 @@ WORKLOADS = Path(__file__).resolve().parent / "workloads"
 # with cgroup2 at /sys/fs/cgroup gives ksi the view it checks for (the process keeps unshare's pid).
 CGROUP2 = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
            'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh")
+
+# Variables of the environment pytest runs in that would change what ksi does: a Slurm allocation's
+# (SLURM_JOB_ID, SLURM_STEP_*: ksi would think it runs in a job step), any ksi setting or injected fault.
+FOREIGN_ENV_PREFIXES = (*SLURM_ENV_PREFIXES, "KSI_")
+
+
+def isolated_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return ``base`` (default os.environ) without Slurm's variables and without any KSI_* variable."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if not k.startswith(FOREIGN_ENV_PREFIXES)}
 
 
 @dataclass

@@ -13,8 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,24 @@ from tests.testbed.plugin import SlurmBed
 
 pytestmark = pytest.mark.slurm
 
+STOP_TIMEOUT = 60.0  # seconds a background srun gets to end after SIGTERM (its tasks tear down), then SIGKILL
+# srun's line for tasks that exited non-zero: "srun: error: node2: task 1: Exited with exit code 7" (or "tasks 0-1")
+TASK_EXIT = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): Exited with exit code (\d+)$", re.MULTILINE)
+LISTED, ABSENT = "-- listed", "-- absent"
+# Lists the entries of the ports and clusters directories of the state directory $1, one "dir/entry" a line,
+# then LISTED (only ABSENT when $1 does not exist); exits non-zero when a directory cannot be listed.
+LIST_STATE = f"""\
+if [ ! -e "$1" ]; then echo '{ABSENT}'; exit 0; fi
+cd "$1" || exit 1
+for d in ports clusters; do
+  if [ -e "$d" ]; then
+    out=$(ls -A "$d") || exit 1
+    [ -z "$out" ] || printf '%s\\n' "$out" | sed "s|^|$d/|"
+  fi
+done
+echo '{LISTED}'
+"""
+
 
 @dataclass
 class Multi:
@@ -37,6 +55,7 @@ class Multi:
     shared: Path
     env: dict[str, str]
     state_dir: Path  # node-local: the same path on every node, a different directory on each
+    jobs: list[str] = field(default_factory=list)  # batch jobs submitted, cancelled when the test ends
 
     def ksi_argv(self, workload: Path, *args: str) -> list[str]:
         return [sys.executable, "-m", "ksi", "run", str(workload), str(self.shared), *args]
@@ -56,7 +75,29 @@ class Multi:
                 str(script)]
         result = subprocess.run(argv, cwd=self.shared, env={**self.env, **(env or {})}, capture_output=True,
                                 text=True, timeout=30, check=True)
-        return result.stdout.strip().split(";")[0]
+        job = result.stdout.strip().split(";")[0]
+        self.jobs.append(job)
+        return job
+
+    @contextlib.contextmanager
+    def started(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+        """Run ``argv`` (srun) in the background with captured output; stop it however the test ends.
+
+        On the way out a still running process gets SIGTERM (srun forwards it to its tasks, which tear
+        down), SIGKILL after STOP_TIMEOUT seconds, and is reaped.
+        """
+        process = subprocess.Popen(list(argv), cwd=self.shared, env={**self.env, **(env or {})},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.communicate(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.communicate(timeout=STOP_TIMEOUT)
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Return every node's run.json of the (only) run directory, by node name."""
@@ -68,23 +109,34 @@ class Multi:
                 continue
         return found
 
-    def leftovers(self) -> dict[str, list[str]]:
-        """Return, per node, the port reservations and cluster records left in its node-local state."""
+    def leftovers(self, idle: Sequence[str] = ()) -> dict[str, list[str]]:
+        """Return, per node, the port reservations and cluster records left in its node-local state.
+
+        A node whose state cannot be listed (nsenter or ls failing) fails the test: an error must never read
+        as "nothing left". So does a node without a state directory, unless it is one of the ``idle`` nodes
+        (ksi never ran there).
+        """
         left = {}
         for node in self.bed.node_names:
-            out = self.bed.on_node(node, ["sh", "-c", f"ls {self.state_dir}/ports {self.state_dir}/clusters "
-                                          "2>/dev/null | grep -v ':$' | grep ."]).stdout.split()
-            if out:
-                left[node] = out
+            listing = self.bed.on_node(node, ["sh", "-c", LIST_STATE, "sh", str(self.state_dir)])
+            lines = listing.stdout.splitlines()
+            if listing.returncode != 0 or not lines or lines[-1] not in (LISTED, ABSENT):
+                raise AssertionError(f"cannot list {self.state_dir} on {node}: exit {listing.returncode}\n"
+                                     f"stdout: {listing.stdout}\nstderr: {listing.stderr}")
+            if lines == [ABSENT] and node not in idle:
+                raise AssertionError(f"{self.state_dir} does not exist on {node}: ksi did not run there?")
+            if lines[:-1]:
+                left[node] = lines[:-1]
         return left
 
-    def assert_clean(self) -> None:
+    def assert_clean(self, idle: Sequence[str] = ()) -> None:
+        """Fail if anything of the run is left on the simulated hosts or in a node's state (see leftovers)."""
         self.simhost.assert_clean()
-        assert self.leftovers() == {}
+        assert self.leftovers(idle) == {}
 
 
 @pytest.fixture
-def multi(slurm_bed: SlurmBed, simhost: SimHost, request: pytest.FixtureRequest) -> Multi:
+def multi(slurm_bed: SlurmBed, simhost: SimHost, request: pytest.FixtureRequest) -> Iterator[Multi]:
     shared = slurm_bed.shared_dir(request.node.name[:40])
     state_dir = slurm_bed.private_dir / f"ksi-state-{shared.name}"
     env = simhost.env(
@@ -95,7 +147,20 @@ def multi(slurm_bed: SlurmBed, simhost: SimHost, request: pytest.FixtureRequest)
         KSI_LEADER_TIMEOUT="5",
         PYTHONPATH=str(REPO),
     )
-    return Multi(slurm_bed, simhost, shared, env, state_dir)
+    multi = Multi(slurm_bed, simhost, shared, env, state_dir)
+    yield multi
+    if multi.jobs:  # a test that failed half-way leaves no job running for the next test to wait for
+        slurm_bed.run(["scancel", *multi.jobs], timeout=30)
+
+
+def task_exits(stderr: str) -> dict[int, int]:
+    """Return the exit code of every task srun reported as exiting non-zero, by task id (rank)."""
+    codes: dict[int, int] = {}
+    for match in TASK_EXIT.finditer(stderr):
+        for part in match[2].split(","):
+            first, _, last = part.partition("-")
+            codes |= dict.fromkeys(range(int(first), int(last or first) + 1), int(match[3]))
+    return codes
 
 
 def workload(multi: Multi, name: str, body: str) -> Path:
@@ -147,6 +212,7 @@ def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) 
 def test_workload_status_is_every_tasks_status(multi: Multi) -> None:
     result = multi.srun(workload(multi, "w.sh", "exit 7\n"))
     assert result.returncode == 7, result.stderr
+    assert task_exits(result.stderr) == {0: 7, 1: 7, 2: 7}, result.stderr
     for node in multi.bed.node_names[1:]:
         assert f"ksi[{node}] wait: the workload on {multi.bed.node_names[0]} exited with status 7" in result.stderr
     multi.assert_clean()
@@ -158,6 +224,7 @@ def test_more_than_one_task_per_node_is_refused_on_every_task(multi: Multi) -> N
     refusals = [line for line in result.stderr.splitlines() if "needs exactly one task per node" in line]
     assert len(refusals) == 6
     assert all("--ntasks-per-node=1" in line for line in refusals)
+    assert task_exits(result.stderr) == dict.fromkeys(range(6), 2), result.stderr
     assert not (multi.shared / "ksi-runs").exists()
     assert multi.simhost.containers() == []
 
@@ -176,6 +243,7 @@ def test_one_failure_stops_every_node_and_names_node_and_phase(multi: Multi, fau
     who = multi.bed.node_names[0] if phase == "peer" else follower
     aborted = [line for line in result.stderr.splitlines() if f"run aborted by {who} during {phase}" in line]
     assert len(aborted) == 2, result.stderr  # the two nodes that did not fail say who did
+    assert sorted(task_exits(result.stderr)) == [0, 1, 2], result.stderr  # every task exits non-zero
     multi.assert_clean()
 
 
@@ -184,6 +252,15 @@ def test_hanging_peer_times_out_and_everything_is_torn_down(multi: Multi) -> Non
                         env={"KSI_SIM_FAULTS": "liqoctl-peer:hang", "KSI_PEER_TIMEOUT": "3"})
     assert result.returncode != 0
     assert "peering" in result.stderr and "did not finish within 13 s and was killed" in result.stderr, result.stderr
+    assert "must-not-run" not in result.stdout
+    leader, followers = multi.bed.node_names[0], multi.bed.node_names[1:]
+    lines = result.stderr.splitlines()
+    failed = [line for line in lines if line.startswith(f"ksi[{leader}] error: peer: peering ")]
+    assert len(failed) == 1 and "did not finish within 13 s and was killed" in failed[0], result.stderr
+    for follower in followers:
+        assert any(line.startswith(f"ksi[{follower}] error: ") and f"run aborted by {leader} during peer" in line
+                   for line in lines), result.stderr
+    assert sorted(task_exits(result.stderr)) == [0, 1, 2], result.stderr  # every task exits non-zero
     multi.assert_clean()
 
 
@@ -203,17 +280,18 @@ def test_directory_not_shared_between_nodes_is_a_clear_error(multi: Multi) -> No
     multi.assert_clean()
 
 
-def _start_with_leader_pid(multi: Multi) -> tuple[subprocess.Popen[str], int]:
-    """Start a three-node run whose workload sleeps; return srun and the leader's ksi pid."""
+@contextlib.contextmanager
+def _started_with_leader_pid(multi: Multi) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Start a three-node run whose workload sleeps; yield srun and the leader's ksi pid; stop srun at the end."""
     pid_file = multi.shared / "leader-ksi.pid"
     w = workload(multi, "w.sh", f"""\
-        echo $PPID > "{pid_file}"
+        read -r _ _ _ ksi _ < /proc/$PPID/stat  # the parent is ksi's guardian of the workload's group
+        echo "$ksi" > "{pid_file}.tmp" && mv "{pid_file}.tmp" "{pid_file}"
         sleep 300
         """)
-    process = subprocess.Popen(["srun", "-N3", "--ntasks-per-node=1", *multi.ksi_argv(w)], cwd=multi.shared,
-                               env=multi.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 60, "the workload"))
-    return process, pid
+    with multi.started(["srun", "-N3", "--ntasks-per-node=1", *multi.ksi_argv(w)]) as process:
+        pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 60, "the workload"))
+        yield process, pid
 
 
 def _followers_clean_leader_left(multi: Multi) -> None:
@@ -223,32 +301,28 @@ def _followers_clean_leader_left(multi: Multi) -> None:
 
 
 def test_leader_killed_mid_workload_followers_clean_up(multi: Multi) -> None:
-    process, pid = _start_with_leader_pid(multi)
-    try:
+    with _started_with_leader_pid(multi) as (process, pid):
         os.kill(pid, signal.SIGKILL)
         process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode != 0
     _followers_clean_leader_left(multi)
 
 
 def test_frozen_leader_is_declared_dead_by_its_heartbeat(multi: Multi) -> None:
     """A hung leader node: Slurm notices nothing for minutes, the followers within KSI_LEADER_TIMEOUT."""
-    process, pid = _start_with_leader_pid(multi)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        for node in multi.bed.node_names[1:]:
-            wait_for(lambda: multi.records().get(node, {}).get("state") == "failed", 60,  # noqa: B023
-                     f"{node} to give up on its leader")
-            follower = Path(f"/proc/{multi.records()[node]['pid']}")
-            wait_for(lambda: not follower.exists(), 30, f"ksi on {node} to exit")  # noqa: B023
-        _followers_clean_leader_left(multi)
-    finally:
-        for sig in (signal.SIGKILL, signal.SIGCONT):  # srun may have ended the frozen leader already
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+    with _started_with_leader_pid(multi) as (process, pid):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for node in multi.bed.node_names[1:]:
+                wait_for(lambda: multi.records().get(node, {}).get("state") == "failed", 60,  # noqa: B023
+                         f"{node} to give up on its leader")
+                follower = Path(f"/proc/{multi.records()[node]['pid']}")
+                wait_for(lambda: not follower.exists(), 30, f"ksi on {node} to exit")  # noqa: B023
+            _followers_clean_leader_left(multi)
+        finally:
+            for sig in (signal.SIGKILL, signal.SIGCONT):  # srun may have ended the frozen leader already
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         _, err = process.communicate(timeout=60)
     silent = f"the leader {multi.bed.node_names[0]} stopped updating its heartbeat"
     for node in multi.bed.node_names[1:]:  # noticed it, or was told by the follower that noticed first
@@ -283,9 +357,8 @@ def test_two_jobs_at_once_on_the_same_nodes(multi: Multi) -> None:
         exit 9
         """)
     argv = ["srun", "-N3", "--ntasks-per-node=1", "--cpus-per-task=1", *multi.ksi_argv(w)]
-    first = subprocess.Popen(argv, cwd=multi.shared, env=multi.env, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(argv, cwd=multi.shared, env=multi.env, stderr=subprocess.PIPE, text=True)
-    errors = [first.communicate(timeout=120)[1], second.communicate(timeout=120)[1]]
+    with multi.started(argv) as first, multi.started(argv) as second:
+        errors = [first.communicate(timeout=120)[1], second.communicate(timeout=120)[1]]
     assert (first.returncode, second.returncode) == (0, 0), errors
     assert len({p.read_text() for p in meet.iterdir()}) == 2  # distinct K8S_PORTs
     multi.assert_clean()
@@ -315,21 +388,20 @@ def test_lost_follower_is_named_and_the_workload_keeps_running(multi: Multi) -> 
         for i in $(seq 600); do [ -e "{release}" ] && exit 0; sleep 0.1; done
         exit 9
         """)
-    process = subprocess.Popen(["srun", "-N3", "--ntasks-per-node=1", *multi.ksi_argv(w)], cwd=multi.shared,
-                               env=multi.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     leader, follower = multi.bed.node_names[0], multi.bed.node_names[2]
-    wait_for(running.exists, 60, "the workload to start")
-    follower_pid = multi.records()[follower]["pid"]
-    leader_log = next((multi.shared / "ksi-runs").glob(f"*/nodes/{leader}/ksi.log"))
-    os.kill(follower_pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: f"node {follower} stopped responding" in leader_log.read_text(), 30,
-                 "the leader to notice the silent follower")
-        release.touch()  # the workload was not stopped: it still finishes on its own terms
-        wait_for(lambda: multi.records()[leader].get("state") == "done", 30, "the leader to finish")
-    finally:
-        os.kill(follower_pid, signal.SIGCONT)
-    _, err = process.communicate(timeout=60)
+    with multi.started(["srun", "-N3", "--ntasks-per-node=1", *multi.ksi_argv(w)]) as process:
+        wait_for(running.exists, 60, "the workload to start")
+        follower_pid = multi.records()[follower]["pid"]
+        leader_log = next((multi.shared / "ksi-runs").glob(f"*/nodes/{leader}/ksi.log"))
+        os.kill(follower_pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: f"node {follower} stopped responding" in leader_log.read_text(), 30,
+                     "the leader to notice the silent follower")
+            release.touch()  # the workload was not stopped: it still finishes on its own terms
+            wait_for(lambda: multi.records()[leader].get("state") == "done", 30, "the leader to finish")
+        finally:
+            os.kill(follower_pid, signal.SIGCONT)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert f"ksi[{leader}] workload: exited with status 0" in err
     assert multi.records()[leader]["lost_nodes"] == [follower]
@@ -344,17 +416,21 @@ def test_one_node_step_is_the_one_node_run_without_liqo(multi: Multi) -> None:
     assert "liqo" not in result.stderr.lower()
     [run_dir] = (multi.shared / "ksi-runs").iterdir()
     assert re.fullmatch(r"ksi-\d+-[a-z0-9]{6}", run_dir.name)  # named after its cluster, not the step
-    multi.assert_clean()
+    ran_on = {match[1] for match in re.finditer(r"^ksi\[([^]]+)\] ", result.stderr, re.MULTILINE)}
+    assert len(ran_on) == 1, result.stderr
+    multi.assert_clean(idle=[n for n in multi.bed.node_names if n not in ran_on])
 
 
 def test_a_node_that_cannot_bind_the_runs_port_fails_the_run(multi: Multi) -> None:
     busy = multi.bed.node_names[1]
-    listener = ("import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', 31999)); s.listen(); "
-                "print('ready', flush=True); time.sleep(120)")
-    holder = subprocess.Popen(bedctl.nsenter_argv(multi.bed.anchor_pid(busy), [sys.executable, "-c", listener],
-                                                  workdir="/"), stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    ready = multi.shared / "holder-ready"
+    listener = ("import pathlib, socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', 31999)); s.listen(); "
+                "pathlib.Path(sys.argv[1]).write_text('ready'); time.sleep(120)")
+    holder = subprocess.Popen(bedctl.nsenter_argv(multi.bed.anchor_pid(busy),
+                                                  [sys.executable, "-c", listener, str(ready)], workdir="/"))
+    try:  # a file, not a line on a pipe: waiting for it is bounded, and a holder that died is noticed
+        wait_for(lambda: ready.exists() or holder.poll() is not None, 30, f"the port holder on {busy}")
+        assert holder.poll() is None and ready.read_text() == "ready", holder.returncode
         result = multi.srun(workload(multi, "w.sh", "echo must-not-run\n"), env={"K8S_PORT": "31999"})
     finally:
         holder.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.ksi_helpers import WORKLOADS, KsiRunner, finish, state_of, wait_for
+from tests.simhost.common import process_start
 from tests.simhost.plugin import SimHost
 
 PHASE_LINES = ("checks: ok in", "run directory:", "create: cluster", "access: token for kube-system/admin-user",
@@ -77,6 +79,25 @@ def test_success_path_gives_the_workload_a_working_cluster(ksi: KsiRunner, simho
     assert_nothing_left(ksi, simhost)
 
 
+def test_token_is_in_no_output_or_file_even_with_debug_output(ksi: KsiRunner, simhost: SimHost,
+                                                              tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    result = ksi.run("run", "-v", str(WORKLOADS / "check_env.py"), str(ksi.shared), "--", str(report_path))
+    assert result.returncode == 0, result.stderr
+    token = json.loads(report_path.read_text())["token"]
+    assert len(token) > 16
+    [run_dir] = ksi.run_dirs()
+    assert "workload saw 1 node(s)" in (run_dir / "workload.log").read_text()  # the files scanned are the run's
+    assert "run: kind create cluster --name" in result.stderr, result.stderr  # -v printed the debug lines
+    places = {"stdout": result.stdout.encode(), "stderr": result.stderr.encode()}
+    for top in (ksi.shared, ksi.state, ksi.home, ksi.cwd):  # the run directory is under the shared one
+        places |= {str(path): path.read_bytes() for path in top.rglob("*") if path.is_file()}
+    assert any(str(path).startswith(str(run_dir)) for path in places)
+    assert any(str(path).startswith(str(ksi.state)) for path in places)
+    assert [where for where, content in places.items() if token.encode() in content] == []
+    assert_nothing_left(ksi, simhost)
+
+
 @pytest.mark.parametrize(("body", "status"), [("exit 7\n", 7), ("kill -KILL $$\n", 137), ("exit 0\n", 0)])
 def test_exit_status_is_the_workloads(ksi: KsiRunner, simhost: SimHost, body: str, status: int) -> None:
     workload = script(ksi.cwd, "w.sh", body)
@@ -111,6 +132,24 @@ def test_user_kubeconfig_variable_is_neither_used_nor_written(ksi: KsiRunner, si
     assert_nothing_left(ksi, simhost)
 
 
+def test_slurm_and_ksi_settings_of_the_test_session_do_not_reach_ksi(
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """pytest inside a Slurm allocation, with a fault and a bad setting exported: the `ksi` fixture is unaffected."""
+    leaked = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NUM_TASKS": "3",
+              "SLURM_PROCID": "1", "SLURMD_NODENAME": "elsewhere", "KSI_SIM_FAULTS": "kind-create:fail",
+              "KSI_CREATE_TIMEOUT": "nonsense"}
+    for name, value in leaked.items():
+        monkeypatch.setenv(name, value)
+    ksi: KsiRunner = request.getfixturevalue("ksi")
+    simhost: SimHost = request.getfixturevalue("simhost")
+    workload = script(ksi.cwd, "w.sh", 'echo "job=${SLURM_JOB_ID:-none} faults=${KSI_SIM_FAULTS:-none}"\n')
+    result = ksi.run("run", str(workload), str(ksi.shared))
+    assert result.returncode == 0, result.stderr
+    assert "job=none faults=none" in result.stdout
+    assert f"ksi[{socket.gethostname().split('.')[0]}] create: cluster ksi-local-" in result.stderr
+    assert_nothing_left(ksi, simhost)
+
+
 # --- bad input: one line each, the right exit code, nothing created ------------------------------------------
 
 def assert_refused(ksi: KsiRunner, simhost: SimHost, result: subprocess.CompletedProcess[str], code: int,
@@ -123,6 +162,7 @@ def assert_refused(ksi: KsiRunner, simhost: SimHost, result: subprocess.Complete
     assert all(line.startswith("ksi[") for line in errors)
     assert ksi.run_dirs() == []
     assert simhost.containers() == []
+    assert_nothing_left(ksi, simhost)
 
 
 def test_every_input_problem_is_reported_at_once(ksi: KsiRunner, simhost: SimHost) -> None:
@@ -166,6 +206,7 @@ def test_unwritable_shared_directory(ksi: KsiRunner, simhost: SimHost) -> None:
     assert result.returncode == 3, result.stderr
     assert "is not writable (Read-only file system)" in result.stderr
     assert simhost.containers() == []
+    assert_refused(ksi, simhost, result, 3, "is not writable (Read-only file system)")
 
 
 def _hold_port(family: socket.AddressFamily) -> socket.socket:
@@ -194,6 +235,7 @@ def test_port_already_bound_is_refused(ksi: KsiRunner, simhost: SimHost, family:
     assert f"K8S_PORT {port} is already in use on this node" in result.stderr
     assert simhost.containers() == []
     assert ksi.reservations() == []
+    assert_nothing_left(ksi, simhost)
 
 
 def test_missing_kind_is_a_missing_tool(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> None:
@@ -207,6 +249,7 @@ def test_missing_kind_is_a_missing_tool(ksi: KsiRunner, simhost: SimHost, tmp_pa
     result = ksi.run("run", str(workload), str(ksi.shared), env={"PATH": str(bare)})
     assert result.returncode == 4, result.stderr
     assert "kind not found on PATH" in result.stderr and "nerdctl (kind's container runtime) not found" in result.stderr
+    assert_refused(ksi, simhost, result, 4, "kind not found on PATH", "nerdctl (kind's container runtime) not found")
 
 
 def test_old_kind_is_refused(ksi: KsiRunner, simhost: SimHost) -> None:
@@ -243,6 +286,12 @@ def test_hanging_create_times_out(ksi: KsiRunner, simhost: SimHost) -> None:
                      env={"KSI_SIM_FAULTS": "kind-create:hang", "KSI_CREATE_TIMEOUT": "3"})
     assert result.returncode == 1, result.stderr
     assert "did not finish within 3 s and was killed" in result.stderr
+    assert "must-not-run" not in result.stdout
+    [run_dir] = ksi.run_dirs()
+    assert not (run_dir / "workload.log").exists() or "must-not-run" not in (run_dir / "workload.log").read_text()
+    record = ksi.record(run_dir)
+    assert record["state"] == "failed", record
+    assert "workload" not in record["phases"], record
     assert_nothing_left(ksi, simhost)
 
 
@@ -303,17 +352,40 @@ def test_workload_ignoring_sigterm_is_killed_after_grace(ksi: KsiRunner, simhost
     assert_nothing_left(ksi, simhost)
 
 
+def _kind_delete(simhost: SimHost) -> tuple[int, int] | None:
+    """Return (pid, start time) of a running ``kind delete cluster`` of this simulated host, if there is one."""
+    for pid, argv in simhost.leftover_processes().items():
+        for i, arg in enumerate(argv):
+            if os.path.basename(arg) == "kind" and argv[i + 1:i + 3] == ("delete", "cluster"):
+                start = process_start(pid)
+                return (pid, start) if start is not None else None
+    return None
+
+
+DELETE_SECONDS = 10  # the slow delete: ample time for the signals to land in it, well within KSI_TEARDOWN_TIMEOUT
+
+
 def test_signals_during_teardown_do_not_stop_it(ksi: KsiRunner, simhost: SimHost) -> None:
     workload = script(ksi.cwd, "w.sh", "exit 0\n")
-    process = ksi.start("run", str(workload), str(ksi.shared), env={"KSI_SIM_FAULTS": "kind-delete:slow=2"})
-    wait_for(lambda: state_of(ksi) == "teardown", 30, "ksi to start its teardown")
-    process.send_signal(signal.SIGTERM)
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGTERM)
-    status, _, err = finish(process)
+    process = ksi.start("run", str(workload), str(ksi.shared),
+                        env={"KSI_SIM_FAULTS": f"kind-delete:slow={DELETE_SECONDS}", "KSI_TEARDOWN_TIMEOUT": "20"})
+    try:
+        wait_for(lambda: state_of(ksi) == "teardown", 30, "ksi to start its teardown")
+        pid, start = wait_for(lambda: _kind_delete(simhost), 30, "ksi to run kind delete cluster")
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        assert process_start(pid) == start, "kind delete ended before the signals were sent"
+        status, _, err = finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
     assert status == 0, err
     assert "received SIGTERM during teardown; teardown continues" in err
     assert "teardown: done in" in err
+    assert "survived kind delete" not in err, err  # kind delete was not cut short and deleted the cluster itself
+    assert ksi.record(ksi.run_dirs()[0])["phases"]["teardown"] >= DELETE_SECONDS
     assert_nothing_left(ksi, simhost)
 
 
@@ -340,13 +412,25 @@ def test_two_runs_at_once_get_distinct_names_and_ports(ksi: KsiRunner, simhost: 
 # --- stale clusters of earlier runs ---------------------------------------------------------------------------
 
 def _leave_a_stale_cluster(ksi: KsiRunner, tmp_path: Path) -> str:
-    """Start a run, SIGKILL ksi mid-workload (as KillWait or the OOM killer would) and return its cluster."""
+    """Start a run, SIGKILL ksi mid-workload (as KillWait or the OOM killer would) and return its cluster.
+
+    The workload dies with ksi (it must not keep the cluster in use), and the cluster is left behind.
+    """
     started = tmp_path / "started"
-    workload = script(ksi.cwd, "hang.sh", f'echo "$K8S_CLUSTER_NAME" > "{started}"; sleep 300\n')
+    workload = script(ksi.cwd, "hang.sh", f"""\
+        echo "$K8S_CLUSTER_NAME $$" > "{started}.tmp" && mv "{started}.tmp" "{started}"
+        exec sleep 300
+        """)
     process = ksi.start("run", str(workload), str(ksi.shared))
-    name = wait_for(lambda: started.exists() and started.read_text().strip(), 30, "the workload to start")
-    process.kill()
-    finish(process)
+    try:
+        name, pid = wait_for(lambda: started.exists() and started.read_text().split(), 30, "the workload to start")
+        process.kill()
+        finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    wait_for(lambda: process_start(int(pid)) is None, 10, f"the workload {pid} to die with ksi")
     return str(name)
 
 

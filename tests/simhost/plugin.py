@@ -6,10 +6,14 @@ the fixture must see (and clean up) what node containers on every simulated node
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.simhost.common import NODE_SCRIPT, SIMHOST_DIR, alive, kill_process, load_containers, process_start
+from tests.simhost.common import ENV_ROOT, NODE_SCRIPT, SIMHOST_DIR, alive, load_containers, process_start
 
 BIN_DIR = SIMHOST_DIR / "bin"
 ROOT_PARENT = Path(os.environ.get("KSI_SIM_TEST_TMP") or "/var/tmp")
+KILL_TIMEOUT = 10.0  # seconds kill_all waits for SIGKILLed processes to be gone
 FAILED = pytest.StashKey[bool]()
 
 
@@ -75,13 +80,43 @@ class SimHost:
                 pids.append(int(proc.name))
         return sorted(pids)
 
+    def leftover_processes(self) -> dict[int, tuple[str, ...]]:
+        """Return pid -> argv of every live process started with this host's environment.
+
+        Every process started with :meth:`env` (ksi, the simulated tools, workloads and whatever they start,
+        node containers included) carries ``KSI_SIM_ROOT=<root>`` in its initial environment
+        (/proc/<pid>/environ). This test process and zombies are not counted; processes whose environment
+        cannot be read (another user's, when not root) are not seen.
+        """
+        marker = os.fsencode(f"{ENV_ROOT}={self.root}")
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                    continue
+                argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            except OSError:  # gone, or not ours to read
+                continue
+            if process_start(int(proc.name)) is not None:  # not a zombie, still there
+                found[int(proc.name)] = tuple(a.decode(errors="replace") for a in argv)
+        return dict(sorted(found.items()))
+
     def assert_clean(self) -> None:
-        """Fail with details if any container record or node-container process remains."""
+        """Fail with details if any container record, node-container process or other process remains.
+
+        Other processes are those :meth:`leftover_processes` finds: a hung ``kind create`` or ``liqoctl peer``,
+        a ksi or a workload still running.
+        """
         records = self.containers()
         pids = self.live_processes()
-        if records or pids:
+        others = {pid: argv for pid, argv in self.leftover_processes().items() if pid not in pids}
+        if records or pids or others:
             names = [f"{r['host']}/uid {r['uid']}: {r['name']} ({r['status']}, pid {r['pid']})" for r in records]
-            raise AssertionError(f"simulated host not clean: containers {names}, node processes {pids}")
+            running = [f"pid {pid}: {shlex.join(argv)}" for pid, argv in others.items()]
+            raise AssertionError(f"simulated host not clean: containers {names}, node processes {pids}, "
+                                 f"other processes {running}")
 
     def api_nodes(self, kubeconfig: Path, context: str | None = None) -> list[str]:
         """Return the names of the nodes the API server of ``kubeconfig`` lists (official kubernetes client)."""
@@ -93,10 +128,38 @@ class SimHost:
             nodes = client.CoreV1Api(api).list_node().items
         return sorted(str(node.metadata.name) for node in nodes if node.metadata)
 
-    def kill_all(self) -> None:
-        """SIGKILL every node-container process of this root and wait (at most 5 s each) until they are gone."""
-        for pid in self.live_processes():
-            kill_process(pid, process_start(pid))
+    def kill_all(self, timeout: float = KILL_TIMEOUT) -> None:
+        """SIGKILL every process of this root (node containers and every leftover process) until none is left.
+
+        Processes that start while others are killed (a ksi forking a tool) are killed in the next round;
+        fails when some are still there after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            targets = {pid: process_start(pid) for pid in {*self.live_processes(), *self.leftover_processes()}}
+            left = {pid: start for pid, start in targets.items() if start is not None}
+            if not left:
+                return
+            for pid, start in left.items():
+                if _running(pid, start):  # not a new process that reused the pid
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            while left:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"processes of {self.root} still there after {timeout} s of SIGKILL: "
+                                         f"{sorted(left)}")
+                time.sleep(0.002)
+                left = {pid: start for pid, start in left.items() if _running(pid, start)}
+
+
+def _running(pid: int, start: int | None) -> bool:
+    """True while ``pid`` is the process that started at ``start`` and is not a zombie (dead, not yet reaped)."""
+    if not alive(pid, start):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
