@@ -99,8 +99,8 @@ def single(runs: int, faults: str) -> tuple[list[float], list[float], float]:
 
 TOOLS_SCRIPT = """\
 set -e
-kind version >/dev/null
-liqoctl version --client >/dev/null
+kind version >/dev/null & liqoctl version --client >/dev/null & liqoctl peer --help >/dev/null
+wait
 nerdctl ps -a --filter label=io.x-k8s.kind.cluster --format '{{json .}}' >/dev/null & kind get clusters >/dev/null 2>&1
 wait
 kc="$BENCH_DIR/kc-$SLURMD_NODENAME"
