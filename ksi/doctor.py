@@ -50,6 +50,7 @@ SHARED_FS = frozenset({
     "fuse.gpfs", "wekafs", "fuse.juicefs",
 })
 _TOOL_TIMEOUT = 30.0
+PER_JOB_DEFAULT_DIRS = "/tmp,/dev/shm"  # noqa: S108 - what job_container/tmpfs makes private by default
 
 
 @dataclass(frozen=True)
@@ -516,8 +517,39 @@ def check_shared(shared_dir: str) -> Check:
     return Check(name, False, result.message, result.fix)
 
 
-def check_state_dir(state_dir: Path) -> Check:
-    """Check that the node-local state directory is (or can become) a private directory of the user."""
+def per_job_dirs(host: Host) -> tuple[str, tuple[Path, ...]] | None:
+    """Return the plugin setting and the directories Slurm gives every job a private copy of, or None.
+
+    ``job_container/tmpfs`` (``namespace/tmpfs`` in newer Slurm) mounts a private /tmp and /dev/shm per
+    job, or the ``Dirs=`` of job_container.conf beside slurm.conf. Asked through ``scontrol show config``;
+    None also when Slurm cannot be asked.
+    """
+    if proc.which("scontrol", host.env) is None:
+        return None
+    out = _tool_output(host, ["scontrol", "show", "config"])
+    if isinstance(out, KsiError):
+        return None
+    config = {key.strip(): value.strip() for key, sep, value in (line.partition("=") for line in out.splitlines())
+              if sep}
+    plugin = next((f"{key}={config[key]}" for key in ("JobContainerType", "NamespaceType")
+                   if config.get(key, "").rpartition("/")[2] == "tmpfs"), None)
+    if plugin is None:
+        return None
+    dirs = PER_JOB_DEFAULT_DIRS
+    if config.get("SLURM_CONF"):
+        for line in _read(Path(config["SLURM_CONF"]).parent / "job_container.conf").splitlines():
+            for word in line.split("#", 1)[0].split():
+                key, _, value = word.partition("=")
+                if key.lower() == "dirs" and value:
+                    dirs = value
+    return plugin, tuple(Path(d) for d in dirs.split(",") if d)
+
+
+def check_state_dir(host: Host, state_dir: Path) -> Check:
+    """Check that the node-local state directory is (or can become) a private directory of the user.
+
+    It must also be the same directory for every job on the node, not inside Slurm's per-job /tmp.
+    """
     name = "node-local state directory"
     exists = state_dir.exists() or state_dir.is_symlink()
     problem = check_private_dir(state_dir, create=False) if exists else None
@@ -526,6 +558,14 @@ def check_state_dir(state_dir: Path) -> Check:
     if not exists and not os.access(state_dir.parent, os.W_OK | os.X_OK):
         return Check(name, False, f"cannot create {state_dir}: {state_dir.parent} is not writable",
                      "set KSI_STATE_DIR to a node-local directory you own")
+    per_job = per_job_dirs(host)
+    inside = next((d for d in per_job[1] if d == state_dir or d in state_dir.parents), None) if per_job else None
+    if per_job and inside:
+        return Check(name, False, f"{state_dir} is inside {inside}, which Slurm makes private to each job "
+                     f"({per_job[0]}): the kind create lock, port reservations and cluster records of one job "
+                     "would be invisible to the next job and to the epilog",
+                     "set KSI_STATE_DIR to a node-local directory outside it for every user (e.g. "
+                     "/var/tmp/ksi-$UID) and KSI_EPILOG_STATE_DIR to match (/var/tmp/ksi-%u)")
     return Check(name, True, f"{state_dir}{'' if exists else ' (created on first run)'}")
 
 
@@ -548,5 +588,5 @@ def run_checks(host: Host, shared_dir: str, state_dir: Path) -> list[Check]:
         check_subids(host, "gid"),
         check_data_roots(host),
         check_shared(shared_dir),
-        check_state_dir(state_dir),
+        check_state_dir(host, state_dir),
     ]

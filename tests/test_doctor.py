@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ksi import doctor
-from ksi.doctor import Check, Host, Mount, mount_of, parse_mountinfo, run_checks, subid_ranges
+from ksi.doctor import Check, Host, Mount, mount_of, parse_mountinfo, per_job_dirs, run_checks, subid_ranges
 from tests.ksi_helpers import REPO
 
 UID = os.getuid()
@@ -46,6 +46,12 @@ GETSUBIDS = f"""#!/bin/sh
 [ "$1" = "{USER}" ] || {{ echo "Error fetching ranges" >&2; exit 1; }}
 echo "0: {USER} 200000 32768"
 echo "1: {USER} 300000 32768"
+"""
+SCONTROL = """#!/bin/sh
+[ "$1 $2" = "show config" ] || { echo "fake scontrol: unexpected $*" >&2; exit 9; }
+echo "Configuration data as of 2026-12-01T08:46:13"
+echo "JobContainerType        = ${FAKE_JOB_CONTAINER:-job_container/none}"
+echo "SLURM_CONF              = $FAKE_SLURM_ETC/slurm.conf"
 """
 SYSTEMD_RUN = """#!/bin/sh
 [ "$1 $2 $3 $4" = "--user --scope --quiet --property=Delegate=yes" ] || { echo "fake systemd-run: $*" >&2; exit 9; }
@@ -123,13 +129,15 @@ def node(tmp_path: Path) -> Staged:
     home.mkdir(parents=True)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    for name, text in (("kind", KIND), ("nerdctl", NERDCTL), ("liqoctl", LIQOCTL), ("systemd-run", SYSTEMD_RUN)):
+    for name, text in (("kind", KIND), ("nerdctl", NERDCTL), ("liqoctl", LIQOCTL), ("systemd-run", SYSTEMD_RUN),
+                       ("scontrol", SCONTROL)):
         _tool(bin_dir, name, text)
     info = root / "nerdctl-info.json"
     info.write_text(json.dumps(INFO))
     shared = tmp_path / "shared dir"
     shared.mkdir()
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "FAKE_INFO": str(info)}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "FAKE_INFO": str(info),
+           "FAKE_SLURM_ETC": str(root / "etc/slurm")}
     host = Host(env=env, uid=UID, user=USER, home=home, proc_root=root / "proc", sys_root=root / "sys",
                 etc_root=root / "etc", modules_root=root / "lib/modules", boot_root=root / "boot",
                 run_user_root=root / "run/user")
@@ -267,6 +275,10 @@ FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]
      {"rootless containerd reachable": ("cannot access containerd socket", "systemctl --user start containerd")}),
     ("rootful containerd", _write("nerdctl-info.json", json.dumps({**INFO, "SecurityOptions": ["name=seccomp"]})),
      {"rootless containerd reachable": ("not rootless", "containerd-rootless-setuptool.sh install")}),
+    ("state directory inside a per-job directory", lambda n: _env(FAKE_JOB_CONTAINER="job_container/tmpfs")(
+        _write("etc/slurm/job_container.conf", f"BasePath=/local/jobs Dirs=/dev/shm,{n.state.parent}\n")(n)),
+     {"node-local state directory": ("which Slurm makes private to each job (JobContainerType=job_container/tmpfs)",
+                                     "KSI_EPILOG_STATE_DIR to match")}),
     ("no runtime directory", _runtime_dir_missing,
      {"XDG_RUNTIME_DIR present": (f"/run/user/{UID} does not exist", "loginctl enable-linger")}),
     ("no subuid entry", _write("etc/subuid", "other:100000:65536\n"),
@@ -305,6 +317,8 @@ PASSING_VARIANTS: list[tuple[str, Callable[[Staged], Staged]]] = [
     ("own cgroup delegated instead of a user service", lambda n: _write(
         "sys/fs/cgroup/job/cgroup.controllers", "cpu memory pids\n")(_write(
             "proc/self/cgroup", "0::/job\n")(_no_user_service(n)))),
+    ("per-job /dev/shm only (job_container.conf Dirs=)", lambda n: _env(FAKE_JOB_CONTAINER="job_container/tmpfs")(
+        _write("etc/slurm/job_container.conf", "BasePath=/local/jobs Dirs=/dev/shm # no /tmp\n")(n))),
     ("subids by uid", _write("etc/subuid", f"{UID}:165536:65536\n")),
     ("subids from nsswitch (getsubids), none in /etc", lambda n: _with_tool("getsubids", GETSUBIDS)(
         _write("etc/subgid", "other:100000:65536\n")(_write("etc/subuid", "other:100000:65536\n")(n)))),
@@ -370,3 +384,11 @@ def test_ksi_doctor_prints_one_line_per_check_and_exits_3_unless_all_pass(tmp_pa
     assert report["ok"] is (not failed) and as_json.returncode == text.returncode
     assert {c["name"] for c in report["checks"] if not c["ok"]} == {
         line.split(" FAIL ", 1)[1].split(":", 1)[0] for line in failed}
+
+
+def test_per_job_directories_come_from_slurm(node: Staged) -> None:
+    assert per_job_dirs(node.host) is None  # job_container/none
+    tmpfs = node.env(FAKE_JOB_CONTAINER="job_container/tmpfs")
+    assert per_job_dirs(tmpfs.host) == ("JobContainerType=job_container/tmpfs", (Path("/tmp"), Path("/dev/shm")))
+    tmpfs.write("etc/slurm/job_container.conf", "NodeName=n[1-4] BasePath=/local Dirs=/tmp,/scratch/job\n")
+    assert per_job_dirs(tmpfs.host) == ("JobContainerType=job_container/tmpfs", (Path("/tmp"), Path("/scratch/job")))
