@@ -34,7 +34,7 @@ if [[ -r "$conf" ]]; then
   fi
 fi
 
-tag=ksi-epilog
+tag="ksi-epilog"
 job="${SLURM_JOB_ID:-}"
 user="${SLURM_JOB_USER:-}"
 limit="${KSI_EPILOG_TIMEOUT:-60}"
