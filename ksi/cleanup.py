@@ -193,6 +193,12 @@ def cleanup(settings: Settings, env: Mapping[str, str], selection: Selection, *,
         return Report(tuple(Outcome(c, "would delete", _plan(c)) for c in picked),
                       tuple(c for c in inventory.clusters if not selection.picks(c)), inventory.warnings)
     ensure_private_dir(settings.state_dir)
+    if selection.mode == JOB:
+        # Every job's epilog asks, and most jobs have no cluster here: look first, without queueing on the
+        # lock behind another cleanup's deletions (the epilog's time limit is short).
+        glance = _inventory(settings, env, selection)
+        if not any(selection.picks(c) for c in glance.clusters):
+            return Report((), glance.clusters, glance.warnings, stop())
     outcomes: list[Outcome] = []
     skipped: list[Cluster] = []
     with node_lock(settings.state_dir / LOCK_NAME, lock_timeout, "ksi cleanup"):

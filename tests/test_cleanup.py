@@ -504,6 +504,22 @@ def test_sigterm_stops_a_cleanup_between_clusters_never_inside_one(bench: Bench)
     assert_nothing_left(bench)
 
 
+def test_a_job_without_clusters_here_does_not_wait_for_another_cleanup(bench: Bench) -> None:
+    killed = bench.start()
+    killed.kill()
+    busy = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=20"})  # holds the lock 20 s
+    try:
+        wait_for(_kind_deletes, 60, "the first cleanup to delete under its lock")
+        other_job = bench.cli("cleanup", "--job", "8888")  # another job's epilog: nothing of it here
+        assert other_job.returncode == 0, other_job.stderr
+        assert "no clusters of job 8888 to delete" in other_job.stdout
+        assert busy.poll() is None  # answered while the lock was still held, instead of queueing behind it
+    finally:
+        status, out, err = finish(busy, timeout=90)
+    assert status == 0 and killed.name in out, err
+    assert_nothing_left(bench)
+
+
 def test_remove_stale_is_what_ksi_run_calls_before_creating(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
     alive, killed = bench.start(), bench.start()
     killed.kill()
