@@ -488,23 +488,57 @@ def data_roots(host: Host) -> dict[str, Path]:
     return roots
 
 
+def running_containerd_roots(host: Host) -> tuple[int, dict[str, Path], list[Mount]] | None:
+    """Return the pid, data directories and mounts of the rootless containerd running now, or None.
+
+    containerd-rootless.sh runs containerd in RootlessKit's mount namespace, with $XDG_DATA_HOME/containerd
+    and $XDG_DATA_HOME/cni bind-mounted on /var/lib/containerd and /var/lib/cni, $XDG_DATA_HOME taken from
+    the service's environment, not this shell's: only that namespace's mount table says where they live.
+    RootlessKit writes the namespace's pid to $XDG_RUNTIME_DIR/containerd-rootless/child_pid.
+    """
+    pid_text = _read(host.run_user_root / str(host.uid) / "containerd-rootless" / "child_pid").strip()
+    if not pid_text.isdigit():
+        return None
+    mounts = parse_mountinfo(_read(host.proc_root / pid_text / "mountinfo"))
+    if not mounts:
+        return None
+    config_home = Path(host.env.get("XDG_CONFIG_HOME") or host.home / ".config")
+    root = _toml(config_home / "containerd/config.toml").get("root")  # /etc/containerd in the namespace
+    roots = {"containerd": Path(root) if isinstance(root, str) and root else Path("/var/lib/containerd"),
+             "CNI": Path("/var/lib/cni")}
+    return int(pid_text), roots, mounts
+
+
 def check_data_roots(host: Host) -> Check:
-    """Check that the container data roots are not on a filesystem shared between nodes (NFS, Lustre, GPFS...)."""
+    """Check that the container data roots are not on a filesystem shared between nodes (NFS, Lustre, GPFS...).
+
+    Where rootless containerd runs, its own mount table decides (see running_containerd_roots); nerdctl's
+    data root, and containerd's when it does not run, come from the configuration files and XDG variables.
+    """
     name = "container data roots node-local"
     mounts = parse_mountinfo(_read(host.proc_root / "self/mountinfo"))
     if not mounts:
         return Check(name, False, "cannot read /proc/self/mountinfo", "check that /proc is mounted")
+    places = [(what, root, mounts, "") for what, root in data_roots(host).items()]
+    running = running_containerd_roots(host)
+    if running is not None:
+        pid, roots, namespace = running
+        places = [p for p in places if p[0] != "containerd"]
+        places += [(what, root, namespace, f" (in the namespace of containerd's pid {pid})")
+                   for what, root in roots.items()]
     shared: list[str] = []
     local: list[str] = []
-    for what, root in data_roots(host).items():
-        mount = mount_of(Path(os.path.realpath(root)), mounts)
+    for what, root, table, note in places:
+        mount = mount_of(Path(os.path.realpath(root)) if not note else root, table)
         fstype = mount.fstype if mount else "?"
-        (shared if fstype in SHARED_FS else local).append(f"{what} {root} on {fstype}")
+        where = f" from {mount.source}" if note and mount else ""
+        (shared if fstype in SHARED_FS else local).append(f"{what} {root} on {fstype}{where}{note}")
     if shared:
         return Check(name, False, "; ".join(shared) + " (shared by all nodes)",
                      "point them at node-local disk: `root = \"/local/$USER/containerd\"` in "
                      "~/.config/containerd/config.toml and `data_root` in ~/.config/nerdctl/nerdctl.toml (or set "
-                     "XDG_DATA_HOME to a node-local directory before containerd-rootless-setuptool.sh install)")
+                     "XDG_DATA_HOME to a node-local directory in containerd's service and before "
+                     "containerd-rootless-setuptool.sh install)")
     return Check(name, True, "; ".join(local))
 
 

@@ -232,6 +232,19 @@ def _home_on_nfs(node: Staged) -> Staged:
         """))(node)
 
 
+def _running_containerd(fstype: str, source: str) -> Callable[[Staged], Staged]:
+    """Stage a rootless containerd whose namespace has /var/lib/containerd and /var/lib/cni on ``fstype``."""
+    def change(node: Staged) -> Staged:
+        node.write(f"run/user/{UID}/containerd-rootless/child_pid", "4242\n")
+        node.write("proc/4242/mountinfo", textwrap.dedent(f"""\
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+            61 22 0:45 /alice/.local/share/containerd /var/lib/containerd rw - {fstype} {source} rw
+            62 22 0:45 /alice/.local/share/cni /var/lib/cni rw - {fstype} {source} rw
+            """))
+        return node
+    return change
+
+
 # (id, change, {failing check: (text in detail, text in fix)})
 FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]]] = [
     ("cgroup v1", _drop("sys/fs/cgroup/cgroup.controllers"),
@@ -279,6 +292,11 @@ FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]
         _write("etc/slurm/job_container.conf", f"BasePath=/local/jobs Dirs=/dev/shm,{n.state.parent}\n")(n)),
      {"node-local state directory": ("which Slurm makes private to each job (JobContainerType=job_container/tmpfs)",
                                      "KSI_EPILOG_STATE_DIR to match")}),
+    ("running containerd's namespace has its data on NFS although this shell says local",
+     lambda n: _running_containerd("nfs4", "fileserver:/home")(_env(XDG_DATA_HOME="/local/data")(n)),
+     {"container data roots node-local": (
+         "containerd /var/lib/containerd on nfs4 from fileserver:/home (in the namespace of containerd's pid 4242)",
+         "in containerd's service")}),
     ("no runtime directory", _runtime_dir_missing,
      {"XDG_RUNTIME_DIR present": (f"/run/user/{UID} does not exist", "loginctl enable-linger")}),
     ("no subuid entry", _write("etc/subuid", "other:100000:65536\n"),
@@ -326,6 +344,9 @@ PASSING_VARIANTS: list[tuple[str, Callable[[Staged], Staged]]] = [
         "home/someuser/.config/containerd/config.toml", 'root = "/local/containerd"\n')(_write(
             "home/someuser/.config/nerdctl/nerdctl.toml", 'data_root = "/local/nerdctl"\n')(_home_on_nfs(n)))),
     ("XDG_DATA_HOME on local disk", lambda n: _env(XDG_DATA_HOME="/local/data")(_home_on_nfs(n))),
+    ("running containerd's data local, nerdctl's moved off the shared home", lambda n: _running_containerd(
+        "xfs", "/dev/nvme0n1")(_write("home/someuser/.config/nerdctl/nerdctl.toml", 'data_root = "/local/nerdctl"\n')(
+            _home_on_nfs(n)))),
 ]
 
 
