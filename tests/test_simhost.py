@@ -99,11 +99,7 @@ def shared_dir() -> Iterator[Path]:
 
 def test_create_serves_a_verified_api_from_a_detached_process(simhost: SimHost, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "new dir" / "config"
-    started = time.monotonic()
-    result = create(simhost, "alpha", kubeconfig, "--wait", "1m")
-    elapsed = time.monotonic() - started
-    print(f"kind create cluster took {elapsed:.3f} s")
-    assert elapsed < 2.0  # about 0.25 s on the development machine; generous against slow CI
+    result = create(simhost, "alpha", kubeconfig, "--wait", "1m")  # its speed is measured in benchmarks/
     assert 'Creating cluster "alpha" ...' in result.stderr and "Ready after" in result.stderr
     assert "enabling experimental nerdctl provider" in result.stderr
     assert 'Set kubectl context to "kind-alpha"' in result.stderr
@@ -302,7 +298,7 @@ def test_a_stale_kubeconfig_lock_fails_create_after_kinds_retries(simhost: SimHo
     assert result.returncode == 1
     assert f"ERROR: failed to create cluster: failed to lock config file: open {kubeconfig}.lock: file exists" \
         in result.stderr
-    assert 2.0 < time.monotonic() - started < 10  # 4 exports x 5 lock attempts x 100 ms
+    assert time.monotonic() - started > 2.0  # it retried: 4 exports x 5 lock attempts x 100 ms
     [record] = simhost.containers()  # kind does not clean up after a failed kubeconfig export
     assert record["alive"] and not kubeconfig.exists()
     delete = run(simhost, "kind", "delete", "cluster", "--name", "locked", "--kubeconfig", str(kubeconfig))

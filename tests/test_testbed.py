@@ -195,7 +195,7 @@ def test_scancel_sends_term_to_every_task_then_kill_after_killwait(slurm_bed: Sl
     assert slurm_bed.run(["scancel", job_id]).returncode == 0
     poll("TERM in every task", lambda: all((d / f"{r}.term").exists() for r in range(3)), 15)
     term = {r: float((d / f"{r}.term").read_text().split()[0]) for r in range(3)}
-    assert max(term.values()) - min(term.values()) < 1.0, term  # all at once
+    assert max(term.values()) - min(term.values()) < slurm_bed.kill_wait / 2, term  # at once, not one by one
 
     pids = [int(pid) for pid, _ in tasks.values()]
     kill_wait = slurm_bed.kill_wait
@@ -272,9 +272,7 @@ def test_second_user_runs_srun_across_nodes(slurm_bed: SlurmBed) -> None:
 
 def test_up_reuses_the_running_bed(slurm_bed: SlurmBed) -> None:
     ctld_pid = (slurm_bed.state_dir / "run" / "slurmctld.pid").read_text()
-    t0 = time.monotonic()
     again = bring_up()
-    assert time.monotonic() - t0 < 10
     assert again == slurm_bed
     assert (slurm_bed.state_dir / "run" / "slurmctld.pid").read_text() == ctld_pid
     record = json.loads((slurm_bed.state_dir / "bed.json").read_text())
