@@ -208,6 +208,8 @@ class _Run:
             readies = self.gather(rdv, "get their cluster ready", ready,
                                   self.settings.create_timeout + self.settings.install_timeout, watch=True)
         providers = self.members(readies)
+        assert self.record is not None
+        self.record.save(state="peering", phases=self.phases.seconds)
         with self.phases.phase("peer"):
             self.peer_all(me, providers, gateway)
         _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
@@ -357,6 +359,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
                     return cluster.grant_access(ending.result() if ending is not None else None)
 
                 granting = pool.submit(grant_access)
+            state.record.save(state="liqo install", api=api, phases=state.phases.seconds)
             with state.phases.phase("liqo install"):
                 state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name), api,
                                            timeout=settings.install_timeout, chart=settings.liqo_chart)

@@ -330,17 +330,17 @@ def test_frozen_leader_is_declared_dead_by_its_heartbeat(multi: Multi) -> None:
 
 
 def test_scancel_during_create_peering_and_workload_leaves_nothing(multi: Multi) -> None:
-    for fault, state in (("kind-create:slow=60", "creating"), ("liqoctl-peer:slow=60", None), ("", "workload")):
+    for fault, state in (("kind-create:slow=60", "creating"), ("liqoctl-peer:slow=60", "peering"),
+                         ("", "workload")):
         w = workload(multi, "w.sh", "sleep 300\n")
         job = multi.sbatch(w, env={"KSI_SIM_FAULTS": fault} if fault else None)
 
-        def reached(state: str | None = state) -> bool:
+        def reached(state: str = state) -> bool:
             records = multi.records()
-            if state is None:  # peering: every follower serves, the leader is not in its workload yet
-                return bool(sum(r.get("state") == "serving" for r in records.values()) == 2)
             leader = records.get(multi.bed.node_names[0], {})
-            return bool(leader.get("state") == state)
-        wait_for(reached, 60, f"the job to reach {state or 'peering'}")
+            serving = sum(r.get("state") == "serving" for r in records.values())
+            return bool(leader.get("state") == state and (state == "creating" or serving == 2))
+        wait_for(reached, 60, f"the leader to reach {state}")
         multi.bed.run(["scancel", job], check=True)
         wait_for(lambda: not multi.bed.busy()[0], multi.bed.kill_wait + 30, "the job to end")
         multi.assert_clean()
