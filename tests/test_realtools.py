@@ -40,10 +40,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _clusters() -> list[str]:
-    out = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, timeout=60, check=True,
-                         env={**os.environ, "KIND_EXPERIMENTAL_PROVIDER": "nerdctl"})
-    return out.stdout.split()
+def _clusters() -> set[str]:
+    """Return the kind clusters that have node containers here, by kind's label (not `kind get clusters`,
+    which fails with the nerdctl provider before kind v0.26: kubernetes-sigs/kind#3813)."""
+    from ksi.runtimes.nerdctl import Nerdctl
+
+    return {c.cluster for c in Nerdctl(os.environ).node_containers(timeout=60)}
+
+
+LIST_CLUSTERS = ("nerdctl ps -a --no-trunc --filter label=io.x-k8s.kind.cluster --format '{{json .}}' | "
+                 "python3 -c 'import json, sys; [print(json.loads(l)[\"Names\"]) for l in sys.stdin if l.strip()]'")
+
+
+def _clusters_on_every_node(nodes: int) -> set[str]:
+    """Return the node containers of kind clusters on every node of the allocation."""
+    out = subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "sh", "-c", LIST_CLUSTERS],
+                         capture_output=True, text=True, timeout=120, check=True)
+    return set(out.stdout.split())
 
 
 def test_real_single_node_run(tmp_path: Path) -> None:
@@ -65,6 +78,7 @@ def test_real_multi_node_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     shared = Path(os.environ.get("KSI_REALTOOLS_SHARED", os.getcwd()))  # must be shared by the nodes
     report = shared / f"ksi-realtools-{os.getpid()}.json"
     nodes = int(os.environ["SLURM_JOB_NUM_NODES"])
+    before = _clusters_on_every_node(nodes)
     result = subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "-K1", sys.executable, "-m", "ksi", "run",
                              str(WORKLOADS / "check_env.py"), str(shared), "--", str(report)],
                             env=_env(), capture_output=True, text=True, timeout=1800, check=False)
@@ -72,6 +86,7 @@ def test_real_multi_node_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     data = json.loads(report.read_text())
     report.unlink()
     assert len(data["nodes"]) == nodes
+    assert _clusters_on_every_node(nodes) == before, "a cluster outlived its run"
 
 
 def test_real_node_passes_ksi_doctor(tmp_path: Path) -> None:
