@@ -392,11 +392,12 @@ def test_a_job_slurm_cannot_tell_about_is_kept_until_it_answers(bench: Bench) ->
 # --- --dry-run --------------------------------------------------------------------------------------------------
 
 def _snapshot(bench: Bench) -> dict[str, Any]:
+    """Every file (content and mode) and directory (mode) of the state and shared directories, and the containers."""
     files = {}
     for root in (bench.ksi.state, bench.ksi.shared):
         for path in sorted(root.rglob("*")):
-            if path.is_file():
-                files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            mode = oct(path.lstat().st_mode)
+            files[str(path)] = f"{mode} {hashlib.sha256(path.read_bytes()).hexdigest()}" if path.is_file() else mode
     containers = sorted((str(c["name"]), bool(c["alive"])) for c in bench.simhost.containers())
     return {"files": files, "containers": containers}
 
