@@ -519,20 +519,21 @@ def check_data_roots(host: Host) -> Check:
     mounts = parse_mountinfo(_read(host.proc_root / "self/mountinfo"))
     if not mounts:
         return Check(name, False, "cannot read /proc/self/mountinfo", "check that /proc is mounted")
-    places = [(what, root, mounts, "") for what, root in data_roots(host).items()]
+    # (what, where, the mount table it is seen in, pid of the namespace or None for this one)
+    places: list[tuple[str, Path, list[Mount], int | None]] = [
+        (what, Path(os.path.realpath(root)), mounts, None) for what, root in data_roots(host).items()]
     running = running_containerd_roots(host)
     if running is not None:
         pid, roots, namespace = running
-        places = [p for p in places if p[0] != "containerd"]
-        places += [(what, root, namespace, f" (in the namespace of containerd's pid {pid})")
-                   for what, root in roots.items()]
+        places = [p for p in places if p[0] != "containerd"] + [(w, r, namespace, pid) for w, r in roots.items()]
     shared: list[str] = []
     local: list[str] = []
-    for what, root, table, note in places:
-        mount = mount_of(Path(os.path.realpath(root)) if not note else root, table)
+    for what, root, table, namespace_pid in places:
+        mount = mount_of(root, table)
         fstype = mount.fstype if mount else "?"
-        where = f" from {mount.source}" if note and mount else ""
-        (shared if fstype in SHARED_FS else local).append(f"{what} {root} on {fstype}{where}{note}")
+        where = (f" from {mount.source} (in the namespace of containerd's pid {namespace_pid})"
+                 if namespace_pid and mount else "")
+        (shared if fstype in SHARED_FS else local).append(f"{what} {root} on {fstype}{where}")
     if shared:
         return Check(name, False, "; ".join(shared) + " (shared by all nodes)",
                      "point them at node-local disk: `root = \"/local/$USER/containerd\"` in "
