@@ -26,6 +26,7 @@ import pytest
 from ksi import settings as settings_mod
 from ksi.cleanup import remove_stale
 from tests.ksi_helpers import KsiRunner, finish, wait_for
+from tests.simhost.common import process_start
 from tests.simhost.plugin import SimHost
 from tests.testbed.plugin import SlurmBed
 
@@ -68,19 +69,8 @@ class Held:
         """SIGKILL ksi (no teardown happens); its workload dies with it (the guardian's parent-death signal)."""
         os.kill(self.ksi_pid, signal.SIGKILL)
         self.process.communicate(timeout=30)
-        wait_for(lambda: not alive(self.workload_pid), 10, f"the workload {self.workload_pid} to die with ksi")
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie does not)."""
-    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"
+        wait_for(lambda: process_start(self.workload_pid) is None, 10,
+                 f"the workload {self.workload_pid} to die with ksi")
 
 
 @dataclass
@@ -467,26 +457,13 @@ def test_two_cleanups_at_once_delete_each_cluster_exactly_once(bench: Bench) -> 
     assert_nothing_left(bench)
 
 
-def _kind_deletes() -> list[str]:
-    """Return the command lines of running `kind delete cluster` processes (the simulated kind)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv]
-        if any(w.endswith("/kind") for w in words) and "delete" in words and "cluster" in words:
-            found.append(" ".join(words))
-    return found
-
-
 def test_sigterm_stops_a_cleanup_between_clusters_never_inside_one(bench: Bench) -> None:
     runs = [bench.start(), bench.start()]
     for held in runs:
         held.kill()
     cleanup = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=8"})  # a wide window
-    [first_delete] = wait_for(_kind_deletes, 60, "the first `kind delete cluster`")
+    [first_delete] = wait_for(lambda: [" ".join(a) for a in bench.simhost.kind_deletes().values()], 60,
+                              "the first `kind delete cluster`")
     cleanup.send_signal(signal.SIGTERM)
     status, out, err = finish(cleanup, timeout=60)
 
@@ -510,7 +487,7 @@ def test_a_job_without_clusters_here_does_not_wait_for_another_cleanup(bench: Be
     killed.kill()
     busy = bench.ksi.start("cleanup", env={"KSI_SIM_FAULTS": "kind-delete:slow=20"})  # holds the lock 20 s
     try:
-        wait_for(_kind_deletes, 60, "the first cleanup to delete under its lock")
+        wait_for(bench.simhost.kind_deletes, 60, "the first cleanup to delete under its lock")
         other_job = bench.cli("cleanup", "--job", "8888")  # another job's epilog: nothing of it here
         assert other_job.returncode == 0, other_job.stderr
         assert "no clusters of job 8888 to delete" in other_job.stdout

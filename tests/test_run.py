@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
@@ -354,11 +353,10 @@ def test_workload_ignoring_sigterm_is_killed_after_grace(ksi: KsiRunner, simhost
 
 def _kind_delete(simhost: SimHost) -> tuple[int, int] | None:
     """Return (pid, start time) of a running ``kind delete cluster`` of this simulated host, if there is one."""
-    for pid, argv in simhost.leftover_processes().items():
-        for i, arg in enumerate(argv):
-            if os.path.basename(arg) == "kind" and argv[i + 1:i + 3] == ("delete", "cluster"):
-                start = process_start(pid)
-                return (pid, start) if start is not None else None
+    for pid in simhost.kind_deletes():
+        start = process_start(pid)
+        if start is not None:
+            return pid, start
     return None
 
 

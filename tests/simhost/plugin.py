@@ -103,6 +103,12 @@ class SimHost:
                 found[int(proc.name)] = tuple(a.decode(errors="replace") for a in argv)
         return dict(sorted(found.items()))
 
+    def kind_deletes(self) -> dict[int, tuple[str, ...]]:
+        """Return pid -> argv of the ``kind delete cluster`` commands of this host running now."""
+        return {pid: argv for pid, argv in self.leftover_processes().items()
+                if any(os.path.basename(arg) == "kind" and argv[i + 1:i + 3] == ("delete", "cluster")
+                       for i, arg in enumerate(argv))}
+
     def assert_clean(self) -> None:
         """Fail with details if any container record, node-container process or other process remains.
 
@@ -141,7 +147,7 @@ class SimHost:
             if not left:
                 return
             for pid, start in left.items():
-                if _running(pid, start):  # not a new process that reused the pid
+                if alive(pid, start):  # not a new process that reused the pid (nor a zombie)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             while left:
@@ -149,17 +155,8 @@ class SimHost:
                     raise AssertionError(f"processes of {self.root} still there after {timeout} s of SIGKILL: "
                                          f"{sorted(left)}")
                 time.sleep(0.002)
-                left = {pid: start for pid, start in left.items() if _running(pid, start)}
+                left = {pid: start for pid, start in left.items() if alive(pid, start)}
 
-
-def _running(pid: int, start: int | None) -> bool:
-    """True while ``pid`` is the process that started at ``start`` and is not a zombie (dead, not yet reaped)."""
-    if not alive(pid, start):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
