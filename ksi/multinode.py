@@ -208,9 +208,7 @@ class _Run:
             readies = self.gather(rdv, "get their cluster ready", ready,
                                   self.settings.create_timeout + self.settings.install_timeout, watch=True)
         providers = self.members(readies)
-        assert self.record is not None
-        self.record.save(state="peering", phases=self.phases.seconds)
-        with self.phases.phase("peer"):
+        with self.phases.phase("peer", self.record, "peering"):
             self.peer_all(me, providers, gateway)
         _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
                   me.cluster, self.phases.seconds["peer"], self.size)
@@ -224,12 +222,11 @@ class _Run:
             "KSI_NODES": ",".join([me.node, *(p.node for p in providers)]),
             "KSI_PEERED_CLUSTERS": ",".join(p.cluster for p in providers),
         })
-        self.record.save(state="workload", phases=self.phases.seconds)
-        _log.info("workload: starting %s", self.plan.workload.path)
         watcher = _FollowerWatch(rdv, {p.rank: p.node for p in providers}, self.settings.leader_timeout, self.record)
         watcher.start()
         try:
-            with self.phases.phase("workload"):
+            with self.phases.phase("workload", self.record):
+                _log.info("workload: starting %s", self.plan.workload.path)
                 status, stopped_by = workload.run(self.plan.workload, env, Path.cwd(),
                                                   rdv.path / rundir.WORKLOAD_LOG, self.settings.grace_period)
         finally:
@@ -254,9 +251,8 @@ class _Run:
                                fix="see the leader's output; KSI_LEADER_TIMEOUT sets how long to wait")
 
         assert self.record is not None
-        self.record.save(state="serving", phases=self.phases.seconds)
-        _log.info("wait: cluster %s serves the leader %s; waiting for its workload", self.name, leader)
-        with self.phases.phase("workload"):
+        with self.phases.phase("workload", self.record, "serving"):
+            _log.info("wait: cluster %s serves the leader %s; waiting for its workload", self.name, leader)
             done = rdv.wait("the workload", lambda: rdv.read(DONE), float("inf"),
                             lambda: KsiError("unreachable"), check=leader_alive)
         status = int(done["status"])
@@ -359,8 +355,7 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
                     return cluster.grant_access(ending.result() if ending is not None else None)
 
                 granting = pool.submit(grant_access)
-            state.record.save(state="liqo install", api=api, phases=state.phases.seconds)
-            with state.phases.phase("liqo install"):
+            with state.phases.phase("liqo install", state.record, api=api):
                 state.liqoctl.install_kind(Endpoint(cluster.kubeconfig, state.name, state.name), api,
                                            timeout=settings.install_timeout, chart=settings.liqo_chart)
             _log.info("liqo install: done in %.2f s", state.phases.seconds["liqo install"])

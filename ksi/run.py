@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ksi import access, kindconfig, log, rundir, workload
 from ksi import settings as settings_mod
@@ -52,9 +53,16 @@ class Phases:
         self.current = "checks"
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the block as phase ``name``."""
+    def phase(self, name: str, record: rundir.RunRecord | None = None, state: str | None = None,
+              **changes: Any) -> Iterator[None]:
+        """Time the block as phase ``name``; with ``record``, first write ``state`` (default: the name) to run.json.
+
+        The phase is current before run.json says so: a stop signal that arrives once run.json shows the
+        state is always reported as stopping that phase.
+        """
         self.current = name
+        if record is not None:
+            record.save(state=state or name, phases=self.seconds, **changes)
         started = time.monotonic()
         try:
             yield
@@ -212,17 +220,14 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
             api = cluster.create(port)
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", name, phases.seconds["create"],
                   port, api)
-        record.save(state="access", api=api, phases=phases.seconds)
-
-        with phases.phase("access"):
+        with phases.phase("access", record, api=api):
             importing.join()
             grant = cluster.grant_access(job_end.result())
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
 
-        record.save(state="workload", phases=phases.seconds)
-        _log.info("workload: starting %s", plan.workload.path)
-        with phases.phase("workload"):
+        with phases.phase("workload", record):
+            _log.info("workload: starting %s", plan.workload.path)
             status, stopped_by = workload.run(plan.workload, workload_environment(environ, cluster, api, port, grant),
                                               Path.cwd(), run_dir / rundir.WORKLOAD_LOG, settings.grace_period)
         _log.info("workload: exited with status %d after %.2f s", status, phases.seconds["workload"])
@@ -248,9 +253,7 @@ def finish(teardown: Teardown, phases: Phases, record: rundir.RunRecord | None, 
     Raises KsiError when the teardown failed after an otherwise successful run: a cluster that may have
     outlived the run must not look like success.
     """
-    if record is not None:
-        record.save(state="teardown", phases=phases.seconds)
-    with phases.phase("teardown"):
+    with phases.phase("teardown", record):
         ok = teardown.run()
     if ok:
         _log.info("teardown: done in %.2f s", phases.seconds["teardown"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import stat
@@ -377,3 +378,27 @@ def test_token_lifetime_covers_the_job(job_end: int | None, expected: int) -> No
     from ksi.access import token_lifetime
 
     assert token_lifetime(1000, job_end, 86400) == expected
+
+
+# --- phases -----------------------------------------------------------------------------------------------
+
+def test_a_phase_is_current_before_run_json_names_it(tmp_path: Path) -> None:
+    """A stop signal that arrives once run.json shows a state is reported as stopping that phase."""
+    from ksi.run import Phases
+    from ksi.rundir import RunRecord
+
+    phases = Phases()
+    seen: list[tuple[str, str]] = []
+
+    class Recording(RunRecord):
+        def save(self, **changes: object) -> None:
+            seen.append((str(changes.get("state")), phases.current))
+            super().save(**changes)
+
+    record = Recording(tmp_path / "run.json", "ksi-local-abcdef", "n1", None)
+    with phases.phase("access", record, api="https://127.0.0.1:1"):
+        assert json.loads((tmp_path / "run.json").read_text())["state"] == "access"
+    with phases.phase("peer", record, "peering"):
+        pass
+    assert seen == [("access", "access"), ("peering", "peer")]
+    assert record.api == "https://127.0.0.1:1" and set(phases.seconds) == {"access", "peer"}
