@@ -316,8 +316,6 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
     role = "leader" if state.rank == 0 else f"follower of {state.node_of(0)}"
     _log.info("checks: ok in %.2f s (rank %d of %d, %s, address %s)", state.phases.seconds["checks"], state.rank,
               state.size, role, plan.node_address)
-    if state.rank == 0 and plan.workload.via_bash:
-        _log.info("checks: %s %s; running it with bash", plan.workload.path, plan.workload.via_bash)
     status: int | None = None
     error: BaseException | None = None
     try:

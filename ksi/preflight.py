@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import cgroups, proc
+from ksi import cgroups, log, proc
 from ksi.errors import (
     EXIT_PREREQUISITE,
     EXIT_TOOL_MISSING,
@@ -25,6 +25,8 @@ from ksi.ports import parse_port
 from ksi.settings import Settings, env_name
 from ksi.state import check_private_dir
 from ksi.workload import Workload, resolve
+
+_log = log.get(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,9 @@ def run_checks(
     if isinstance(shared, Problem):
         problems.append(shared)
 
-    chosen: int | None = None
-    if port is not None:
-        parsed = parse_port(port, "--port")
-    elif environ.get("K8S_PORT"):
-        parsed = parse_port(environ["K8S_PORT"], "K8S_PORT")
-    else:
-        parsed = None
-    if isinstance(parsed, Problem):
-        problems.append(parsed)
-    else:
-        chosen = parsed
+    chosen = wanted_port(port, environ)
+    if isinstance(chosen, Problem):
+        problems.append(chosen)
 
     state_problem = check_private_dir(settings.state_dir, create=True)
     if state_problem is not None:
@@ -116,8 +110,19 @@ def run_checks(
 
     if problems:
         raise ChecksFailed(problems)
-    assert isinstance(resolved, Workload) and isinstance(shared, Path)
+    assert isinstance(resolved, Workload) and isinstance(shared, Path) and not isinstance(chosen, Problem)
+    if runs_workload and resolved.via_bash:
+        _log.info("checks: %s %s; running it with bash", resolved.path, resolved.via_bash)
     return Plan(resolved, shared, chosen, version, wrapper, address)
+
+
+def wanted_port(port: str | None, environ: Mapping[str, str]) -> int | Problem | None:
+    """Return the K8S_PORT asked for (``--port``, else $K8S_PORT), None for any free one, or the problem."""
+    if port is not None:
+        return parse_port(port, "--port")
+    if environ.get("K8S_PORT"):
+        return parse_port(environ["K8S_PORT"], "K8S_PORT")
+    return None
 
 
 def kind_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:

@@ -191,8 +191,6 @@ def run(  # noqa: PLR0915 - the run reads best as one sequence of phases
     kind_env = kind_environment(settings, environ)
     plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, setting_problems,
                       environ, kind_env)
-    if plan.workload.via_bash:
-        _log.info("checks: %s %s; running it with bash", plan.workload.path, plan.workload.via_bash)
     phases.seconds["checks"] = round(time.monotonic() - started, 3)
     _log.info("checks: ok in %.2f s (kind v%s, %s%s)", phases.seconds["checks"],
               ".".join(map(str, plan.kind_version)), settings.provider,
