@@ -71,7 +71,7 @@ def _interpreter_problem(path: Path, line: bytes, search_path: str) -> Problem |
     shown = str(path)
     if not words:
         return Problem(EXIT_USAGE, f"workload {shown!r} has an empty #! line", "name an interpreter in the #! line")
-    interpreter = Path(words[0]) if os.path.isabs(words[0]) else path.parent / words[0]
+    interpreter = Path(words[0])  # a relative one from the cwd, as the kernel does: ksi runs the workload there
     if not (interpreter.is_file() and os.access(interpreter, os.X_OK)):
         return Problem(EXIT_USAGE, f"workload {shown!r} names the interpreter {words[0]!r} in its #! line, "
                        "which does not exist on this node", f"install {words[0]} or correct the #! line")

@@ -402,3 +402,18 @@ def test_a_phase_is_current_before_run_json_names_it(tmp_path: Path) -> None:
         pass
     assert seen == [("access", "access"), ("peering", "peer")]
     assert record.api == "https://127.0.0.1:1" and set(phases.seconds) == {"access", "peer"}
+
+
+def test_a_relative_interpreter_is_found_from_the_working_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel resolves a relative #! interpreter from the cwd, where ksi runs the workload, not the script's."""
+    scripts, work = tmp_path / "scripts", tmp_path / "work"
+    scripts.mkdir()
+    (work / "bin").mkdir(parents=True)
+    _file(work / "bin" / "interp", "#!/bin/sh\n", 0o755)
+    workload = _file(scripts / "w.sh", "#!bin/interp\n", 0o755)
+    monkeypatch.chdir(work)
+    assert resolve(str(workload), [], os.defpath) == Workload(workload, (str(workload),))
+    monkeypatch.chdir(scripts)  # only the script's own directory: no bin/interp from here
+    problem = resolve(str(workload), [], os.defpath)
+    assert isinstance(problem, Problem) and "names the interpreter 'bin/interp'" in problem.message
