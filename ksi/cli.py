@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from ksi import __version__, log
 from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, ChecksFailed, Interrupted, KsiError, UsageError
+from ksi.host.signals import SignalGuard
+from ksi.host.slurm import context
 from ksi.settings import Settings
-from ksi.signals import SignalGuard
-from ksi.slurm import context
 
 _log = log.get(__name__)
 
@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, node: str) -> int:
-    from ksi import multinode
-    from ksi.run import RunOptions, run
+    from ksi.launch import multinode
+    from ksi.launch.run import RunOptions, run
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
@@ -138,7 +138,7 @@ def _node_settings(environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
     Other settings are not read: a bad value of an unrelated one must not stop a cleanup (the Slurm epilog).
     """
     from ksi import settings as settings_mod
-    from ksi.preflight import kind_environment
+    from ksi.launch.preflight import kind_environment
 
     used = {settings_mod.env_name(f) for f in ("provider", "state_dir", "teardown_timeout")}
     loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k in used})
@@ -165,7 +165,7 @@ def _list(args: argparse.Namespace, node: str) -> int:
     import json
     import time
 
-    from ksi.inventory import JobStates, node_names, take
+    from ksi.admin.inventory import JobStates, node_names, take
 
     log.setup(node, verbose=args.verbose)
     environ = dict(os.environ)
@@ -191,7 +191,7 @@ def _list(args: argparse.Namespace, node: str) -> int:
 
 
 def _cleanup(args: argparse.Namespace, node: str) -> int:
-    from ksi.cleanup import ALL, JOB, STALE, Selection, cleanup
+    from ksi.admin.cleanup import ALL, JOB, STALE, Selection, cleanup
 
     log.setup(node, verbose=args.verbose)
     if args.job is not None and not args.job.isdigit():
@@ -232,8 +232,8 @@ def _doctor(args: argparse.Namespace, node: str) -> int:
     import json
 
     from ksi import settings as settings_mod
-    from ksi.doctor import Host, run_checks
-    from ksi.preflight import kind_environment
+    from ksi.admin.doctor import Host, run_checks
+    from ksi.launch.preflight import kind_environment
 
     environ = dict(os.environ)
     state_var = settings_mod.env_name("state_dir")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from ksi import settings as settings_mod
-from ksi.cleanup import remove_stale
+from ksi.admin.cleanup import remove_stale
 from tests.ksi_helpers import KsiRunner, finish, wait_for
 from tests.simhost.common import process_start
 from tests.simhost.plugin import SimHost
@@ -565,7 +565,7 @@ def test_another_users_clusters_are_never_touched(bench: Bench, slurm_bed: Slurm
 def test_remove_stale_lets_a_stop_signal_through(tmp_path: Path) -> None:
     """A TERM that arrives while `ksi run` removes stale clusters stops the run; it is not a cleanup warning."""
     from ksi.errors import Interrupted
-    from ksi.signals import SignalGuard
+    from ksi.host.signals import SignalGuard
 
     fake = tmp_path / "bin"
     fake.mkdir()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ksi import doctor
-from ksi.doctor import Check, Host, Mount, mount_of, parse_mountinfo, per_job_dirs, run_checks, subid_ranges
+from ksi.admin import doctor
+from ksi.admin.doctor import Check, Host, Mount, mount_of, parse_mountinfo, per_job_dirs, run_checks, subid_ranges
 from tests.ksi_helpers import REPO
 
 UID = os.getuid()

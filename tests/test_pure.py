@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ksi import cgroups, kindconfig, names, settings
+from ksi import settings
+from ksi.cluster import kindconfig, names
+from ksi.cluster.kubeconfig import add_cluster_context, server
+from ksi.cluster.workload import Workload, resolve
 from ksi.errors import EXIT_PREREQUISITE, EXIT_USAGE, KsiError, Problem
-from ksi.kind import parse_version
-from ksi.kubeconfig import add_cluster_context, server
-from ksi.ports import parse_port
-from ksi.slurm import context
-from ksi.state import check_private_dir, process_start
-from ksi.workload import Workload, resolve
+from ksi.host import cgroups
+from ksi.host.ports import parse_port
+from ksi.host.slurm import context
+from ksi.host.state import check_private_dir, process_start
+from ksi.tools.kind import parse_version
 
 DATA = Path(__file__).parent / "data"
 
@@ -104,7 +106,7 @@ def test_cluster_name_suffixes_are_random_and_long() -> None:
 
 
 def test_a_name_whose_run_directory_exists_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ksi import rundir
+    from ksi.cluster import rundir
 
     drawn = iter(["ksi-local-aaaaaa", "ksi-local-aaaaaa", "ksi-local-bbbbbb"])
     monkeypatch.setattr(names, "cluster_name", lambda job_id: next(drawn))
@@ -351,7 +353,7 @@ def test_recorded_kind_config_is_valid_yaml() -> None:
 def test_squeue_end_time_parsing(text: str, expected: str | None) -> None:
     import time
 
-    from ksi.squeue import parse_end_time
+    from ksi.tools.squeue import parse_end_time
 
     parsed = parse_end_time(text)
     if expected is None:
@@ -368,14 +370,14 @@ def test_squeue_end_time_parsing(text: str, expected: str | None) -> None:
     ("", None),
 ])
 def test_squeue_job_state_is_read_from_the_jobs_own_line(text: str, expected: str | None) -> None:
-    from ksi.squeue import parse_job_state
+    from ksi.tools.squeue import parse_job_state
 
     assert parse_job_state(text, "4242") == expected
 
 
 @pytest.mark.parametrize(("job_end", "expected"), [(None, 86400), (1000 + 7200, 7200 + 3600), (500, 86400)])
 def test_token_lifetime_covers_the_job(job_end: int | None, expected: int) -> None:
-    from ksi.access import token_lifetime
+    from ksi.cluster.access import token_lifetime
 
     assert token_lifetime(1000, job_end, 86400) == expected
 
@@ -384,8 +386,8 @@ def test_token_lifetime_covers_the_job(job_end: int | None, expected: int) -> No
 
 def test_a_phase_is_current_before_run_json_names_it(tmp_path: Path) -> None:
     """A stop signal that arrives once run.json shows a state is reported as stopping that phase."""
-    from ksi.run import Phases
-    from ksi.rundir import RunRecord
+    from ksi.cluster.rundir import RunRecord
+    from ksi.launch.run import Phases
 
     phases = Phases()
     seen: list[tuple[str, str]] = []

@@ -43,7 +43,7 @@ def _env() -> dict[str, str]:
 def _clusters() -> set[str]:
     """Return the kind clusters that have node containers here, by kind's label (not `kind get clusters`,
     which fails with the nerdctl provider before kind v0.26: kubernetes-sigs/kind#3813)."""
-    from ksi.runtimes.nerdctl import Nerdctl
+    from ksi.tools.nerdctl import Nerdctl
 
     return {c.cluster for c in Nerdctl(os.environ).node_containers(timeout=60)}
 

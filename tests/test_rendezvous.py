@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ksi import proc, rendezvous
 from ksi.errors import CommandFailed, CommandTimeout, KsiError, ToolMissingError
-from ksi.rendezvous import ABORT, DONE, LEADER, Aborted, Heartbeat, Liveness, Rendezvous, heartbeat, join
-from ksi.slurm import expand_nodelist
-from ksi.state import read_json
+from ksi.host.slurm import expand_nodelist
+from ksi.host.state import read_json
+from ksi.launch import rendezvous
+from ksi.launch.rendezvous import ABORT, DONE, LEADER, Aborted, Heartbeat, Liveness, Rendezvous, heartbeat, join
+from ksi.tools import proc
 from tests.ksi_helpers import wait_for
 
 
@@ -187,7 +188,7 @@ HELD_COMMAND = ('echo ready > "$0"; for _ in $(seq 500); do [ -e "$0.go" ] && br
 def test_shielded_commands_ignore_stop_signals(tmp_path: Path) -> None:
     """Teardown commands must survive the repeated TERM that Slurm sends to the whole step."""
     marker = tmp_path / "marker"
-    script = ("import sys; from ksi import proc; proc.run(['sh', '-c', SHIELDED, sys.argv[1]], timeout=30, "
+    script = ("import sys; from ksi.tools import proc; proc.run(['sh', '-c', SHIELDED, sys.argv[1]], timeout=30, "
               "shielded=True)").replace("SHIELDED", repr(HELD_COMMAND))
     child = subprocess.Popen([sys.executable, "-c", script, str(marker)], start_new_session=True)
     wait_for(marker.exists, 10, "the shielded command to start")
@@ -203,8 +204,8 @@ def test_shielded_commands_ignore_stop_signals(tmp_path: Path) -> None:
 def test_an_interrupted_ksi_lets_its_shielded_command_finish(tmp_path: Path) -> None:
     """A TERM that interrupts ksi during a teardown command waits for that command, then stops ksi."""
     marker = tmp_path / "marker"
-    script = ("import sys\nfrom ksi import proc\nfrom ksi.errors import Interrupted\n"
-              "from ksi.signals import SignalGuard\n"
+    script = ("import sys\nfrom ksi.tools import proc\nfrom ksi.errors import Interrupted\n"
+              "from ksi.host.signals import SignalGuard\n"
               "with SignalGuard().installed():\n"
               "    try:\n"
               f"        proc.run(['sh', '-c', {HELD_COMMAND!r}, sys.argv[1]], timeout=30, shielded=True)\n"

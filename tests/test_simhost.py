@@ -681,7 +681,7 @@ def test_liqoctl_peer_help_lists_the_gateway_flags_of_the_version_played(simhost
 
 
 def test_ksi_refuses_a_liqoctl_whose_peer_lacks_the_gateway_flags(simhost: SimHost) -> None:
-    from ksi.preflight import liqo_problems
+    from ksi.launch.preflight import liqo_problems
 
     assert liqo_problems(simhost.env()) == []
     [problem] = liqo_problems(simhost.env(KSI_SIM_LIQOCTL_VERSION="v1.0.0-rc.3"))

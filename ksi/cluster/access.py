@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksi import log, signals
+from ksi import log
 from ksi.errors import KsiError
+from ksi.host import signals
 
 _log = log.get(__name__)
 

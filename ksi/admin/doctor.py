@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksi import cgroups, proc
 from ksi.errors import KsiError
-from ksi.kind import MIN_VERSION as KIND_MIN_VERSION
-from ksi.kind import Kind
-from ksi.liqo import Liqoctl
-from ksi.preflight import check_shared_dir
-from ksi.runtimes.nerdctl import Nerdctl
-from ksi.state import check_private_dir
+from ksi.host import cgroups
+from ksi.host.state import check_private_dir
+from ksi.launch.preflight import check_shared_dir
+from ksi.tools import proc
+from ksi.tools.kind import MIN_VERSION as KIND_MIN_VERSION
+from ksi.tools.kind import Kind
+from ksi.tools.liqoctl import Liqoctl
+from ksi.tools.nerdctl import Nerdctl
 
 MIN_KERNEL = (5, 10)  # Liqo's WireGuard gateway and its network fabric need it
 LIQO_MAJOR = 1

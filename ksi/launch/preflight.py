@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import cgroups, log, proc
+from ksi import log
+from ksi.cluster.workload import Workload, resolve
 from ksi.errors import (
     EXIT_PREREQUISITE,
     EXIT_TOOL_MISSING,
@@ -18,13 +19,14 @@ from ksi.errors import (
     KsiError,
     Problem,
 )
-from ksi.kind import Kind
-from ksi.liqo import Liqoctl
-from ksi.netaddr import node_address
-from ksi.ports import parse_port
+from ksi.host import cgroups
+from ksi.host.netaddr import node_address
+from ksi.host.ports import parse_port
+from ksi.host.state import check_private_dir
 from ksi.settings import Settings, env_name
-from ksi.state import check_private_dir
-from ksi.workload import Workload, resolve
+from ksi.tools import proc
+from ksi.tools.kind import Kind
+from ksi.tools.liqoctl import Liqoctl
 
 _log = log.get(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from ksi import proc
 from ksi.errors import KsiError
-from ksi.runtimes import CLUSTER_LABEL, Container
+from ksi.tools import proc
+from ksi.tools.runtime import CLUSTER_LABEL, Container
 
 
 class Nerdctl:

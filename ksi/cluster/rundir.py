@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ksi import names
+from ksi.cluster import names
 from ksi.errors import PrerequisiteError
-from ksi.state import write_json
+from ksi.host.state import write_json
 
 RUNS = "ksi-runs"
 KIND_CONFIG = "kind-config.yaml"

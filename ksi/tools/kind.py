@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ksi import proc
 from ksi.errors import ToolMissingError
+from ksi.tools import proc
 
 MIN_VERSION = (0, 23, 0)  # the first kind with the nerdctl provider
 

@@ -13,23 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ksi import access, kindconfig, log, rundir, workload
+from ksi import log
 from ksi import settings as settings_mod
-from ksi.cleanup import remove_stale
-from ksi.cluster import delete_verified
+from ksi.admin.cleanup import remove_stale
+from ksi.cluster import access, kindconfig, rundir, workload
+from ksi.cluster.delete import delete_verified
+from ksi.cluster.kubeconfig import add_cluster_context, server
+from ksi.cluster.teardown import Teardown
 from ksi.errors import Interrupted, KsiError, UsageError
-from ksi.kind import Kind
-from ksi.kubeconfig import add_cluster_context, server
-from ksi.ports import PortReservations
-from ksi.preflight import Plan, kind_environment, run_checks
-from ksi.registry import Registry, new_record
-from ksi.runtimes import ContainerRuntime, runtime_for
+from ksi.host.ports import PortReservations
+from ksi.host.registry import Registry, new_record
+from ksi.host.signals import SignalGuard
+from ksi.host.slurm import SlurmContext
+from ksi.host.state import create_secret_file, node_lock
+from ksi.launch.preflight import Plan, kind_environment, run_checks
 from ksi.settings import Settings
-from ksi.signals import SignalGuard
-from ksi.slurm import SlurmContext
-from ksi.squeue import Squeue
-from ksi.state import create_secret_file, node_lock
-from ksi.teardown import Teardown
+from ksi.tools.kind import Kind
+from ksi.tools.runtime import ContainerRuntime, runtime_for
+from ksi.tools.squeue import Squeue
 
 _log = log.get(__name__)
 

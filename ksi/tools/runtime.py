@@ -44,7 +44,7 @@ class ContainerRuntime(Protocol):
 def runtime_for(provider: str, env: Mapping[str, str]) -> ContainerRuntime:
     """Return the adapter for kind's ``provider`` (the value of KIND_EXPERIMENTAL_PROVIDER)."""
     if provider == "nerdctl":
-        from ksi.runtimes.nerdctl import Nerdctl
+        from ksi.tools.nerdctl import Nerdctl
 
         return Nerdctl(env)
     raise ValueError(f"no container runtime adapter for provider {provider!r}")

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ksi.state import ProcessId, read_json, write_json
+from ksi.host.state import ProcessId, read_json, write_json
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ksi import log
 from ksi.errors import EXIT_USAGE, KsiError, Problem, UsageError
-from ksi.state import ProcessId, node_lock, read_json, write_json
+from ksi.host.state import ProcessId, node_lock, read_json, write_json
 
 PORT_MIN = 30000
 PORT_MAX = 32767

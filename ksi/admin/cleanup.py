@@ -26,16 +26,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import log, rundir
-from ksi.cluster import delete_verified
+from ksi import log
+from ksi.admin.inventory import RECORD_DAMAGED, RECORD_OK, Cluster, Inventory, JobStates, node_label, node_names, take
+from ksi.cluster import rundir
+from ksi.cluster.delete import delete_verified
 from ksi.errors import Interrupted, KsiError
-from ksi.inventory import RECORD_DAMAGED, RECORD_OK, Cluster, Inventory, JobStates, node_label, node_names, take
-from ksi.kind import Kind
-from ksi.ports import PortReservations
-from ksi.registry import Registry
-from ksi.runtimes import CLUSTER_LABEL, runtime_for
+from ksi.host.ports import PortReservations
+from ksi.host.registry import Registry
+from ksi.host.state import create_secret_file, ensure_private_dir, node_lock, read_json, write_json
 from ksi.settings import Settings
-from ksi.state import create_secret_file, ensure_private_dir, node_lock, read_json, write_json
+from ksi.tools.kind import Kind
+from ksi.tools.runtime import CLUSTER_LABEL, runtime_for
 
 _log = log.get(__name__)
 

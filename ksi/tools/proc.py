@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from ksi import log, signals
+from ksi import log
 from ksi.errors import CommandFailed, CommandTimeout, ToolMissingError
+from ksi.host import signals
 
 _log = log.get(__name__)
 _KILL_GRACE = 2.0

@@ -29,15 +29,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import log, names, signals
+from ksi import log
+from ksi.cluster import names
 from ksi.errors import CommandFailed, Interrupted, KsiError, PrerequisiteError
-from ksi.kind import Kind
-from ksi.ports import PortReservations
-from ksi.registry import ClusterRecord, Registry
-from ksi.runtimes import runtime_for
+from ksi.host import signals
+from ksi.host.ports import PortReservations
+from ksi.host.registry import ClusterRecord, Registry
+from ksi.host.state import check_private_dir
 from ksi.settings import Settings
-from ksi.squeue import Squeue
-from ksi.state import check_private_dir
+from ksi.tools.kind import Kind
+from ksi.tools.runtime import runtime_for
+from ksi.tools.squeue import Squeue
 
 _log = log.get(__name__)
 

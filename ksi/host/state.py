@@ -120,8 +120,8 @@ def node_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
     """Hold the node-local flock ``path`` (never soft-fallback), waiting at most ``timeout`` seconds."""
     from filelock import FileLock, Timeout
 
-    from ksi import signals
     from ksi.errors import KsiError
+    from ksi.host import signals
 
     lock = FileLock(path, timeout=timeout, mode=0o600, fallback_to_soft=False)
     deadline = time.monotonic() + timeout

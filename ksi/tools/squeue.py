@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ksi import proc
 from ksi.errors import CommandFailed, KsiError
+from ksi.tools import proc
 
 _UNKNOWN_JOB = "Invalid job id"  # squeue's stderr (exit 1) for a job the controller has forgotten
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ksi import log, signals
+from ksi import log
 from ksi.errors import EXIT_USAGE, Interrupted, Problem
+from ksi.host import signals
 
 _log = log.get(__name__)
 _PUMP_JOIN = 5.0

@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ksi import access, log, names, proc, rundir, signals, workload
+from ksi import log
 from ksi import settings as settings_mod
-from ksi.cleanup import remove_stale
+from ksi.admin.cleanup import remove_stale
+from ksi.cluster import access, names, rundir, workload
+from ksi.cluster.teardown import Teardown
 from ksi.errors import Interrupted, KsiError, UsageError
-from ksi.liqo import Endpoint, Liqoctl
-from ksi.preflight import Plan, kind_environment, run_checks
-from ksi.rendezvous import (
+from ksi.host import signals
+from ksi.host.signals import SignalGuard
+from ksi.host.slurm import SlurmContext, expand_nodelist
+from ksi.launch.preflight import Plan, kind_environment, run_checks
+from ksi.launch.rendezvous import (
     DONE,
     LEADER,
     PEERED,
@@ -32,7 +36,7 @@ from ksi.rendezvous import (
     join,
     ready,
 )
-from ksi.run import (
+from ksi.launch.run import (
     NodeCluster,
     Phases,
     RunOptions,
@@ -43,9 +47,8 @@ from ksi.run import (
     workload_environment,
 )
 from ksi.settings import Settings
-from ksi.signals import SignalGuard
-from ksi.slurm import SlurmContext, expand_nodelist
-from ksi.teardown import Teardown
+from ksi.tools import proc
+from ksi.tools.liqoctl import Endpoint, Liqoctl
 
 _log = log.get(__name__)
 _VNODE_POLL = 0.5

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ksi import proc
+from ksi.tools import proc
 
 GATEWAY_SERVICE_TYPE = "NodePort"
 API_ADDRESS_VALUE = "apiServer.address"  # Helm value of Liqo's chart: the API address given to consumers

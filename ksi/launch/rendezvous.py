@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ksi import log, signals
+from ksi import log
 from ksi.errors import KsiError
-from ksi.state import read_json, write_json
+from ksi.host import signals
+from ksi.host.state import read_json, write_json
 
 LEADER = "leader.json"
 ABORT = "abort.json"

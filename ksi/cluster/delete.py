@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ksi import log
 from ksi.errors import Interrupted, KsiError
-from ksi.kind import Kind
-from ksi.runtimes import ContainerRuntime
+from ksi.tools.kind import Kind
+from ksi.tools.runtime import ContainerRuntime
 
 _log = log.get(__name__)
 _LIST_TIMEOUT = 5.0

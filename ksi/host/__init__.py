@@ -1,0 +1,1 @@
+"""Node-local state: locks, port reservations, cluster records, cgroups, addresses, signals, the Slurm environment."""
