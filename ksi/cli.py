@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from ksi import __version__, log
+from ksi import log
 from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, ChecksFailed, Interrupted, KsiError, UsageError
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import context
@@ -18,10 +18,26 @@ from ksi.settings import Settings
 _log = log.get(__name__)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: print the installed package's version (read from its metadata only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "show ksi's version and exit") -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        """Print ``ksi VERSION`` and exit 0."""
+        from ksi import __version__
+
+        print(f"ksi {__version__}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ksi", description="A throw-away Kubernetes cluster for the length of one (Slurm) job.")
-    parser.add_argument("--version", action="version", version=f"ksi {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

@@ -8,12 +8,33 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.ksi_helpers import REPO, KsiRunner, isolated_environ
+from tests.ksi_helpers import KSI, REPO, KsiRunner, isolated_environ
 
 if TYPE_CHECKING:
     from tests.simhost.plugin import SimHost
 
 pytest_plugins = ["tests.simhost.plugin", "tests.testbed.plugin"]
+
+# Set to 1 to test a development checkout (an editable install) instead of an installed wheel; CI never does.
+SOURCE_TREE_ENV = "KSI_TEST_SOURCE_TREE"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a ksi imported from the source tree: the suite tests what users install.
+
+    An editable install, or the repository root on sys.path, hides a wheel that lacks a module or a data
+    file. The `ksi` command the tests start must be the installed one next to this Python, too.
+    """
+    import ksi
+
+    location = Path(ksi.__file__).resolve().parent
+    if location.is_relative_to(REPO) and os.environ.get(SOURCE_TREE_ENV) != "1":
+        pytest.exit(f"ksi is imported from the source tree ({location}), not from an installed package: install the "
+                    f"built wheel (`pip install dist/ksi-*.whl`, as .ci/run does), or set {SOURCE_TREE_ENV}=1 to "
+                    "test a development checkout", returncode=pytest.ExitCode.USAGE_ERROR)
+    if not Path(KSI).is_file():
+        pytest.exit(f"no installed ksi command at {KSI}: install ksi into this Python's environment",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture
@@ -37,7 +58,6 @@ def ksi(simhost: SimHost, tmp_path: Path) -> KsiRunner:
         HOME=str(home),
         KSI_STATE_DIR=str(state),
         KSI_SYSTEMD_SCOPE="never",  # the test host's cgroups are not delegated; the decision is unit-tested
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     env.pop("K8S_PORT", None)
     env.pop("KUBECONFIG", None)

@@ -16,6 +16,8 @@ from typing import Any
 from tests.testbed.bedctl import SLURM_ENV_PREFIXES
 
 REPO = Path(__file__).resolve().parent.parent
+# The installed `ksi` command of the Python running the tests: what a user runs, never the source tree.
+KSI = str(Path(sys.executable).parent / "ksi")
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
 # These machines mount a v1/v2 hybrid; the nodes ksi targets mount cgroup v2. A private mount namespace
@@ -36,7 +38,7 @@ def isolated_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @dataclass
 class KsiRunner:
-    """Starts `python -m ksi` the way a user would, with the simulated host first on PATH."""
+    """Starts the installed `ksi` command the way a user would, with the simulated host first on PATH."""
 
     env: dict[str, str]
     cwd: Path
@@ -46,7 +48,7 @@ class KsiRunner:
 
     def argv(self, *args: str, wrap: Sequence[str] = CGROUP2) -> list[str]:
         """Return the argv of ``ksi ARGS`` inside ``wrap``."""
-        return [*wrap, sys.executable, "-m", "ksi", *args]
+        return [*wrap, KSI, *args]
 
     def run(self, *args: str, timeout: float = 90, wrap: Sequence[str] = CGROUP2,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

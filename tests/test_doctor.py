@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ import pytest
 
 from ksi.admin import doctor
 from ksi.admin.doctor import Check, Host, Mount, mount_of, parse_mountinfo, per_job_dirs, run_checks, subid_ranges
-from tests.ksi_helpers import REPO
+from tests.ksi_helpers import KSI
 
 UID = os.getuid()
 USER = "someuser"
@@ -384,8 +383,8 @@ def test_kernel_version_parsing() -> None:
 
 
 def test_ksi_doctor_prints_one_line_per_check_and_exits_3_unless_all_pass(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SLURMD_NODENAME": "nodeX", "KSI_STATE_DIR": str(tmp_path / "s")}
-    text = subprocess.run([sys.executable, "-m", "ksi", "doctor", str(tmp_path)], env=env, capture_output=True,
+    env = {**os.environ, "SLURMD_NODENAME": "nodeX", "KSI_STATE_DIR": str(tmp_path / "s")}
+    text = subprocess.run([KSI, "doctor", str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     lines = text.stdout.splitlines()
     assert len(lines) == 17, text.stdout + text.stderr
@@ -397,7 +396,7 @@ def test_ksi_doctor_prints_one_line_per_check_and_exits_3_unless_all_pass(tmp_pa
     assert text.returncode == (3 if failed else 0)
     assert "PASS shared directory writable" in text.stdout
 
-    as_json = subprocess.run([sys.executable, "-m", "ksi", "doctor", str(tmp_path), "--json"], env=env,
+    as_json = subprocess.run([KSI, "doctor", str(tmp_path), "--json"], env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     [line] = as_json.stdout.splitlines()
     report = json.loads(line)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ksi_helpers import REPO, wait_for
+from tests.ksi_helpers import KSI, REPO, wait_for
 from tests.simhost.plugin import SimHost
 from tests.testbed.plugin import SlurmBed
 
@@ -57,7 +57,7 @@ def write(path: Path, text: str, mode: int = 0o755) -> Path:
 @pytest.fixture
 def setup(slurm_bed: SlurmBed, simhost: SimHost) -> Iterator[Setup]:
     shared = slurm_bed.shared_dir("ksi-epilog")
-    ksi = write(shared / "ksi", f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m ksi "$@"\n')
+    ksi = write(shared / "ksi", f'#!/bin/sh\nexec {KSI} "$@"\n')
     workload = write(shared / "held.sh", HELD)
     marks = shared / "marks"
     marks.mkdir()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.ksi_helpers import REPO, WORKLOADS, wait_for
+from tests.ksi_helpers import KSI, WORKLOADS, wait_for
 from tests.simhost.plugin import SimHost
 from tests.testbed import bedctl
 from tests.testbed.plugin import SlurmBed
@@ -58,7 +58,7 @@ class Multi:
     jobs: list[str] = field(default_factory=list)  # batch jobs submitted, cancelled when the test ends
 
     def ksi_argv(self, workload: Path, *args: str) -> list[str]:
-        return [sys.executable, "-m", "ksi", "run", str(workload), str(self.shared), *args]
+        return [KSI, "run", str(workload), str(self.shared), *args]
 
     def srun(self, workload: Path, *args: str, nodes: int = 3, srun_flags: Sequence[str] = ("--ntasks-per-node=1",),
              env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -145,7 +145,6 @@ def multi(slurm_bed: SlurmBed, simhost: SimHost, request: pytest.FixtureRequest)
         KSI_SYSTEMD_SCOPE="never",
         KSI_RENDEZVOUS_TIMEOUT="20",
         KSI_LEADER_TIMEOUT="5",
-        PYTHONPATH=str(REPO),
     )
     multi = Multi(slurm_bed, simhost, shared, env, state_dir)
     yield multi
@@ -269,7 +268,7 @@ def test_directory_not_shared_between_nodes_is_a_clear_error(multi: Multi) -> No
     for node in multi.bed.node_names:
         multi.bed.on_node(node, ["mkdir", "-p", str(private)], check=True)
     w = workload(multi, "w.sh", "echo must-not-run\n")
-    argv = ["srun", "-N3", "--ntasks-per-node=1", sys.executable, "-m", "ksi", "run", str(w), str(private)]
+    argv = ["srun", "-N3", "--ntasks-per-node=1", KSI, "run", str(w), str(private)]
     started = time.monotonic()
     result = subprocess.run(argv, cwd=multi.shared, env={**multi.env, "KSI_RENDEZVOUS_TIMEOUT": "4"},
                             capture_output=True, text=True, timeout=120, check=False)

@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.ksi_helpers import REPO, WORKLOADS
+from tests.ksi_helpers import KSI, WORKLOADS
 
 SIMULATED = str((Path(__file__).parent / "simhost" / "bin").resolve())
 
@@ -35,7 +34,6 @@ pytestmark = [pytest.mark.realtools, needs_kind]
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("K8S_PORT", None)
     return env
 
@@ -62,7 +60,7 @@ def _clusters_on_every_node(nodes: int) -> set[str]:
 def test_real_single_node_run(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     before = set(_clusters())
-    result = subprocess.run([sys.executable, "-m", "ksi", "run", str(WORKLOADS / "check_env.py"), str(tmp_path),
+    result = subprocess.run([KSI, "run", str(WORKLOADS / "check_env.py"), str(tmp_path),
                              "--", str(report)], env=_env(), capture_output=True, text=True, timeout=900,
                             check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -79,7 +77,7 @@ def test_real_multi_node_run(tmp_path_factory: pytest.TempPathFactory) -> None:
     report = shared / f"ksi-realtools-{os.getpid()}.json"
     nodes = int(os.environ["SLURM_JOB_NUM_NODES"])
     before = _clusters_on_every_node(nodes)
-    result = subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "-K1", sys.executable, "-m", "ksi", "run",
+    result = subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "-K1", KSI, "run",
                              str(WORKLOADS / "check_env.py"), str(shared), "--", str(report)],
                             env=_env(), capture_output=True, text=True, timeout=1800, check=False)
     assert result.returncode == 0, result.stderr
@@ -91,7 +89,7 @@ def test_real_multi_node_run(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def test_real_node_passes_ksi_doctor(tmp_path: Path) -> None:
     """On a prepared node every prerequisite check passes (setup/README.md says how to get there)."""
-    result = subprocess.run([sys.executable, "-m", "ksi", "doctor", str(tmp_path)], env=_env(), capture_output=True,
+    result = subprocess.run([KSI, "doctor", str(tmp_path)], env=_env(), capture_output=True,
                             text=True, timeout=120, check=False)
     failures = [line for line in result.stdout.splitlines() if " FAIL " in line]
     assert result.returncode == 0 and failures == [], "\n".join(failures) or result.stderr

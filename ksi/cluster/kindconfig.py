@@ -34,7 +34,7 @@ def render(config: KindConfig) -> str:
     """Return the kind config YAML for ``config``; raise KsiError if the result does not say what it should."""
     import jinja2
 
-    template_text = resources.files("ksi").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    template_text = resources.files("ksi.templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)  # noqa: S701 - YAML, not HTML
     env.filters["yaml_str"] = _yaml_str
     text = env.from_string(template_text).render(
