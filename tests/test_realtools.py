@@ -1,6 +1,6 @@
 """The real-tools tier: ksi against the real kind, nerdctl and liqoctl on a prepared node.
 
-Run by a site admin with `python -m pytest -m realtools` (inside `salloc -N2` for the multi-node test).
+Run by a site admin with `pytest -m realtools` (inside `salloc -N2` for the multi-node test).
 Skipped wherever the real tools are missing; the simulations in tests/simhost never count as real.
 """
 
