@@ -28,7 +28,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import ksi
 
     location = Path(ksi.__file__).resolve().parent
-    if location.is_relative_to(REPO) and os.environ.get(SOURCE_TREE_ENV) != "1":
+    if location == REPO / "ksi" and os.environ.get(SOURCE_TREE_ENV) != "1":
         pytest.exit(f"ksi is imported from the source tree ({location}), not from an installed package: install the "
                     f"built wheel (`pip install dist/ksi-*.whl`, as .ci/run does), or set {SOURCE_TREE_ENV}=1 to "
                     "test a development checkout", returncode=pytest.ExitCode.USAGE_ERROR)
