@@ -86,4 +86,9 @@ def test_readme_setup_on_a_fresh_virtualenv(tmp_path: Path, simhost: SimHost) ->
     assert checks["checks"] and all({"name", "ok", "fix"} <= set(c) for c in checks["checks"]), doctor.stdout
     assert checks["ok"] is (doctor.returncode == 0)
     assert "Traceback" not in doctor.stderr
+    # The troubleshooting commands of the installed package: nothing is left, so nothing is listed or deleted.
+    listing = sh("ksi list --json", timeout=60)
+    assert (listing.returncode, json.loads(listing.stdout)) == (0, []), listing.stderr
+    cleanup = sh("ksi cleanup --all --dry-run", timeout=60)
+    assert cleanup.returncode == 0 and "no " in cleanup.stdout and "Traceback" not in cleanup.stderr, cleanup
     simhost.assert_clean()
