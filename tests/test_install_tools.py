@@ -172,7 +172,8 @@ def test_check_lists_exactly_what_is_missing_and_changes_nothing(bed: Bed) -> No
     assert listed(result.stdout) == {(label_of(rel), "missing", f"{PREFIX}/{rel}") for rel in INSTALLED}
     for checked in (f"kind-linux-{ARCH} matches its published SHA-256 (kind-linux-{ARCH}.sha256sum)",
                     f"nerdctl-full-{NERDCTL}-linux-{ARCH}.tar.gz matches its published SHA-256 (SHA256SUMS)",
-                    f"liqoctl-linux-{ARCH}.tar.gz matches its published SHA-256 (liqo.yaml, krew-index's manifest for {LIQOCTL})",
+                    f"liqoctl-linux-{ARCH}.tar.gz matches its published SHA-256 "
+                    f"(liqo.yaml, krew-index's manifest for {LIQOCTL})",
                     "kubectl matches its published SHA-256 (kubectl.sha256)"):
         assert checked in result.stdout
     assert f"{len(INSTALLED)} file(s) missing and 0 different under {PREFIX} in {bed.root}: install them with --apply" \
