@@ -1104,7 +1104,7 @@ def status(instance: str, state_root: Path, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `bed` command line: up [N], down, status, each with --instance and --state-root."""
+    """The `bed` command line: up [N], down, status, each with --instance and --state-root; demo."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--instance", "-i", default=os.environ.get(ENV_INSTANCE, DEFAULT_INSTANCE),
@@ -1124,6 +1124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_down = sub.add_parser("down", parents=[common], help="stop the bed and remove what it created")
     p_down.add_argument("--purge", action="store_true", help="also delete the state directory and its logs")
     sub.add_parser("status", parents=[common], help="print what is running")
+    # The demo has an instance of its own: never the KSI_TESTBED_INSTANCE bed of the tests, which it would stop.
+    p_demo = sub.add_parser("demo", help="try ksi: a three-node run with simulated kind, nerdctl and liqoctl")
+    p_demo.add_argument("--instance", "-i", default=None, help="bed instance for the demo (default demo)")
+    p_demo.add_argument(
+        "--state-root", type=Path, default=Path(os.environ.get(ENV_STATE_ROOT, str(DEFAULT_STATE_ROOT))),
+        help=f"parent of the per-instance state directories (env {ENV_STATE_ROOT}, default {DEFAULT_STATE_ROOT})",
+    )  # fmt: skip
+    p_demo.add_argument("--keep", action="store_true", help="keep the demo's files (run directories, logs)")
+    p_demo.add_argument("--verbose", "-v", action="store_true", help="log every command the bed runs")
     return parser
 
 
@@ -1136,8 +1145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("must run as root (it creates namespaces, links and users)")
         return 2
     try:
-        instance = validate_instance(args.instance)
         state_root: Path = args.state_root.resolve()
+        if args.command == "demo":
+            from tests.testbed import demo
+
+            return demo.main(args.instance, state_root, args.keep)
+        instance = validate_instance(args.instance)
         if args.command == "up":
             record = up(instance, state_root, args.nodes, args.kill_wait)
             print(json.dumps(record, indent=2) if args.json else describe(record))
