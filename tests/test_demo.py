@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,42 @@ def test_the_demo_without_an_installed_ksi_says_how_to_get_one_and_starts_nothin
     assert result.returncode == 2
     assert "==> ERROR: no ksi on PATH: install it (`pip install .` in a virtualenv)" in result.stdout
     assert not (bedctl.DEFAULT_STATE_ROOT / INSTANCE).exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("when", "faults"), [
+    ("==> $ srun ", ""),  # srun starting
+    ("liqo install: done", "liqoctl-peer:hang"),  # three clusters up, the leader's peering hangs until stopped
+], ids=["starting", "clusters-up"])
+def test_a_demo_stopped_mid_run_still_tears_everything_down(tmp_path: Path, when: str, faults: str) -> None:
+    env = isolated_environ()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])
+    env["KSI_SIM_FAULTS"] = faults
+    process = subprocess.Popen([str(BED), "demo", "--instance", INSTANCE], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if when in line:  # stop the demo as Ctrl-C or a kill would
+                process.send_signal(signal.SIGTERM)
+                break
+        rest, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    out = "".join(seen) + rest
+    assert process.returncode == 130, out
+    assert "==> interrupted: tearing down" in out
+    assert "==> test bed down: no Slurm daemon, node namespace or simulated node container is left" in out
+    assert "the demo FAILED (exit status 130). kind, nerdctl and liqoctl were SIMULATED" in out.splitlines()[-1], out
+    if faults:  # the clusters were up: the demo cancelled the job, and every ksi tore its own cluster down
+        for node in (f"{INSTANCE}-node{i}" for i in (1, 2, 3)):
+            assert f"ksi[{node}] teardown: done in " in out and f"ksi[{node}] stopped by SIGTERM during " in out, out
+        assert ": Killed" not in out
+    state_dir = bedctl.DEFAULT_STATE_ROOT / INSTANCE
+    assert not state_dir.exists()
+    assert traces_of(state_dir) == []

@@ -76,8 +76,9 @@ def find_tools() -> dict[str, Path]:
 
 def demo_env(spec: bedctl.BedSpec, sim_root: Path, tools: Mapping[str, Path], python: Path) -> dict[str, str]:
     """The environment srun hands every task: the simulated tools first on PATH, node-local ksi state."""
-    env = spec.client_env()
-    env = {k: v for k, v in env.items() if not k.startswith("KSI_")}
+    # No ksi setting of the caller's shell, but the simulated host's own (KSI_SIM_FAULTS=liqoctl-peer:fail
+    # shows a failing run).
+    env = {k: v for k, v in spec.client_env().items() if not k.startswith("KSI_") or k.startswith("KSI_SIM_")}
     path = [str(SIM_BIN), str(python.parent), str(tools["ksi"].parent), str(tools["kubectl"].parent),
             env.get("PATH", bedctl.DAEMON_PATH)]
     env["PATH"] = os.pathsep.join(dict.fromkeys(path))
@@ -104,23 +105,47 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_live(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = RUN_TIMEOUT) -> int:
-    """Run argv with its output going straight to ours; on interrupt or timeout TERM it (then KILL); return its status.
+    """Run argv (an srun) with its output going straight to ours; return its exit status.
 
-    It runs in a session of its own, so a Ctrl-C at the terminal reaches the demo, which stops srun with
-    SIGTERM: srun forwards that to its tasks, and every ksi tears its cluster down.
+    It runs in a session of its own, so a Ctrl-C at the terminal reaches the demo alone. When the demo is
+    interrupted (or the run times out) it stops the run as Slurm does: scancel, which gives every task TERM
+    (each ksi tears its cluster down) and KILL after KillWait; a TERM straight to srun would KILL its tasks at
+    once. srun gets TERM and KILL only if it outlives that.
     """
     say(f"$ {shlex.join(argv)}")
-    process = subprocess.Popen(argv, env=dict(env), cwd=cwd, start_new_session=True)
+    # A signal arriving while Popen runs would leave a started srun that nobody stops: hold SIGINT and SIGTERM
+    # until it is known (the child lets them through again before it execs srun).
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
+        process = subprocess.Popen(argv, env=dict(env), cwd=cwd, start_new_session=True,
+                                   preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, held))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # a held signal is raised here, with srun known
         return process.wait(timeout=timeout)
     except BaseException:
+        stop(process, env)
+        raise
+
+
+def stop(process: subprocess.Popen[bytes], env: Mapping[str, str]) -> None:
+    """Cancel the bed's jobs until srun has ended (it may not have its job yet); TERM, then KILL, it after that."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        subprocess.run(["scancel", "--user", str(os.getuid())], env=dict(env), capture_output=True, timeout=30,
+                       check=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.5)
+    if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        raise
 
 
 def tree(top: Path) -> list[str]:
@@ -182,11 +207,10 @@ def run_demo(instance: str, state_root: Path, *, keep: bool = False) -> int:
         "node-local directory")
     status = 1
     with sigterm_as_interrupt():
-        record = bedctl.up(instance, state_root, DEMO_NODES, bedctl.DEFAULT_KILL_WAIT)
-        spec = bedctl.BedSpec.from_record(record)
         try:
+            record = bedctl.up(instance, state_root, DEMO_NODES, bedctl.DEFAULT_KILL_WAIT)
             say("nodes: " + ", ".join(f"{n['name']} ({n['address']})" for n in record["nodes"]))
-            status = demo_run(spec, tools, python)
+            status = demo_run(bedctl.BedSpec.from_record(record), tools, python)
         except KeyboardInterrupt:
             say("interrupted: tearing down")
             status = 130
@@ -200,7 +224,7 @@ def run_demo(instance: str, state_root: Path, *, keep: bool = False) -> int:
             else:
                 say("test bed down: no Slurm daemon, node namespace or simulated node container is left")
             if keep:
-                say(f"its files (run directories, logs) stay in {spec.state_dir}")
+                say(f"its files (run directories, logs) stay in {state_root / instance}")
     outcome = "the three-node run succeeded" if status == 0 else f"the demo FAILED (exit status {status})"
     say(f"done in {time.monotonic() - t0:.1f} s: {outcome}. kind, nerdctl and liqoctl were SIMULATED: no container "
         "ran. On a cluster with the real tools (setup/README.md) the same command makes real kind clusters.")
