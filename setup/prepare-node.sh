@@ -8,8 +8,8 @@
 #   /etc/modules-load.d/ksi.conf                      iptables modules for kind, WireGuard for Liqo
 #   /etc/systemd/system/user@.service.d/delegate.conf cpu, memory, pids (and io, cpuset) delegated to users
 # It never touches the boot loader: a node without cgroup v2 needs systemd.unified_cgroup_hierarchy=1 on
-# the kernel command line, which it reports. Installing kind, nerdctl and liqoctl, subuid/subgid ranges and
-# the epilog are separate steps (setup/README.md). Finish with `ksi doctor` as a normal user.
+# the kernel command line, which it reports. Installing the tools (setup/install-tools.sh), subuid/subgid
+# ranges and the epilog are separate steps (setup/README.md). Finish with `ksi doctor` as a normal user.
 #
 # --root DIR  write the files under DIR (a node image or chroot) and apply nothing
 # --dry-run   say what would change, change nothing
