@@ -111,7 +111,8 @@ refused=0
 refuse() { echo "install-tools: REFUSED $*" >&2; refused=1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ksi-install-tools.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+pending=""  # the temporary name put() is writing, removed if we are stopped half-way
+trap 'rm -rf "$work" ${pending:+"$pending"}' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -282,12 +283,14 @@ put() {
   local src="$1" target="$2" tmp="$2.ksi-tmp"
   mkdir -p "$(dirname "$target")" || return 1
   rm -rf "$tmp" || return 1
+  pending="$tmp"
   if [ -L "$src" ]; then
     ln -s "$(readlink "$src")" "$tmp" || return 1
   else
     cp --preserve=mode "$src" "$tmp" || { rm -f "$tmp"; return 1; }
   fi
   mv -fT "$tmp" "$target" || { rm -f "$tmp"; return 1; }
+  pending=""
 }
 
 missing=0

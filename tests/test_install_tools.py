@@ -313,3 +313,13 @@ def test_bad_usage_is_refused_with_one_line(args: tuple[str, ...], message: str)
     result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_a_file_that_cannot_be_replaced_fails_the_run_naming_it(bed: Bed) -> None:
+    (bed.path("bin/kind") / "in the way").mkdir(parents=True)  # a directory where kind's binary belongs
+    result = bed.run("--apply")
+    assert result.returncode == 1
+    assert f"install-tools: {LABELS['kind']}: FAILED to install {PREFIX}/bin/kind" in result.stdout
+    assert f"installing failed for the files named above under {PREFIX} in {bed.root}" in result.stdout
+    assert bed.path("bin/kubectl").is_file()  # the others were installed
+    assert not list(bed.root.rglob("*.ksi-tmp"))
