@@ -79,13 +79,17 @@ def demo_env(spec: bedctl.BedSpec, sim_root: Path, tools: Mapping[str, Path], py
     # No ksi setting of the caller's shell, but the simulated host's own (KSI_SIM_FAULTS=liqoctl-peer:fail
     # shows a failing run).
     env = {k: v for k, v in spec.client_env().items() if not k.startswith("KSI_") or k.startswith("KSI_SIM_")}
-    path = [str(SIM_BIN), str(python.parent), str(tools["ksi"].parent), str(tools["kubectl"].parent),
-            env.get("PATH", bedctl.DAEMON_PATH)]
-    env["PATH"] = os.pathsep.join(dict.fromkeys(path))
+    search = [str(SIM_BIN), str(python.parent), str(tools["ksi"].parent), str(tools["kubectl"].parent),
+              env.get("PATH", bedctl.DAEMON_PATH)]
+    env["PATH"] = os.pathsep.join(dict.fromkeys(search))
     env[ENV_ROOT] = str(sim_root)
     env["KIND_EXPERIMENTAL_PROVIDER"] = "nerdctl"
     env["KSI_STATE_DIR"] = str(spec.private_dir / "ksi-state")  # node-local: a tmpfs private to each node
     env["KSI_SYSTEMD_SCOPE"] = "never"  # the bed's nodes have no user systemd to ask for a scope
+    for tool, where in tools.items():
+        if shutil.which(tool, path=env["PATH"]) != str(where):
+            raise DemoError(f"{python.parent} holds another {tool} than {where}: run the demo with the python3 of "
+                            "ksi's environment first on PATH")
     return env
 
 
