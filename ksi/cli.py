@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, node: str) -> int:
     from ksi.launch import multinode
-    from ksi.launch.run import RunOptions, run
+    from ksi.launch.lifecycle import RunOptions
+    from ksi.launch.run import run
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)

@@ -387,7 +387,7 @@ def test_token_lifetime_covers_the_job(job_end: int | None, expected: int) -> No
 def test_a_phase_is_current_before_run_json_names_it(tmp_path: Path) -> None:
     """A stop signal that arrives once run.json shows a state is reported as stopping that phase."""
     from ksi.cluster.rundir import RunRecord
-    from ksi.launch.run import Phases
+    from ksi.launch.lifecycle import Phases
 
     phases = Phases()
     seen: list[tuple[str, str]] = []

@@ -23,7 +23,7 @@ _log = log.get(__name__)
 SERVICE_ACCOUNT = "admin-user"
 NAMESPACE = "kube-system"
 BINDING = "ksi-admin-user"
-_REQUEST_TIMEOUT = (5, 30)
+REQUEST_TIMEOUT = (5, 30)
 _RETRY_FOR = 30.0
 
 
@@ -84,21 +84,21 @@ def grant_admin(kubeconfig: Path, context: str, lifetime: int) -> Access:
     with api_client:
         core = client.CoreV1Api(api_client)
         rbac = client.RbacAuthorizationV1Api(api_client)
-        _retry(lambda: _create(lambda: core.create_namespaced_service_account(
+        call_api(lambda: _create(lambda: core.create_namespaced_service_account(
             NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=SERVICE_ACCOUNT)),
-            _request_timeout=_REQUEST_TIMEOUT)), "create ServiceAccount")
-        _retry(lambda: _create(lambda: rbac.create_cluster_role_binding(
+            _request_timeout=REQUEST_TIMEOUT)), "create ServiceAccount")
+        call_api(lambda: _create(lambda: rbac.create_cluster_role_binding(
             client.V1ClusterRoleBinding(
                 metadata=client.V1ObjectMeta(name=BINDING),
                 role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
                                           name="cluster-admin"),
                 subjects=[client.RbacV1Subject(kind="ServiceAccount", name=SERVICE_ACCOUNT,
                                                namespace=NAMESPACE)]),
-            _request_timeout=_REQUEST_TIMEOUT)), "create ClusterRoleBinding")
+            _request_timeout=REQUEST_TIMEOUT)), "create ClusterRoleBinding")
         request = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=lifetime))
-        response = _retry(lambda: core.create_namespaced_service_account_token(
-            SERVICE_ACCOUNT, NAMESPACE, request, _request_timeout=_REQUEST_TIMEOUT), "request token")
+        response = call_api(lambda: core.create_namespaced_service_account_token(
+            SERVICE_ACCOUNT, NAMESPACE, request, _request_timeout=REQUEST_TIMEOUT), "request token")
     token = response.status.token
     log.register_secret(token)
     expires = response.status.expiration_timestamp
@@ -121,8 +121,8 @@ def _create(call: Any) -> None:
             raise
 
 
-def _retry(call: Any, what: str) -> Any:
-    """Run ``call``, retrying connection failures for up to _RETRY_FOR seconds; wrap API errors."""
+def call_api(call: Any, what: str) -> Any:
+    """Run the API request ``call``, retrying connection failures for up to _RETRY_FOR seconds; wrap API errors."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -142,25 +142,3 @@ def _retry(call: Any, what: str) -> Any:
             signals.check()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-VIRTUAL_NODE_SELECTOR = "liqo.io/type=virtual-node"
-REMOTE_CLUSTER_LABEL = "liqo.io/remote-cluster-id"
-
-
-def ready_virtual_nodes(kubeconfig: Path, context: str) -> set[str]:
-    """Return the remote cluster ids of the Liqo virtual nodes that are Ready in this cluster."""
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig), context=context)
-    with api_client:
-        nodes = _retry(lambda: client.CoreV1Api(api_client).list_node(
-            label_selector=VIRTUAL_NODE_SELECTOR, _request_timeout=_REQUEST_TIMEOUT), "list virtual nodes")
-    ready = set()
-    for node in nodes.items:
-        conditions = node.status.conditions if node.status and node.status.conditions else []
-        if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            labels = node.metadata.labels or {}
-            ready.add(labels.get(REMOTE_CLUSTER_LABEL, node.metadata.name))
-    return ready

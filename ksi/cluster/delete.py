@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 from ksi import log
+from ksi.cluster import rundir
 from ksi.errors import Interrupted, KsiError
+from ksi.host.registry import Registry
 from ksi.tools.kind import Kind
 from ksi.tools.runtime import ContainerRuntime
 
@@ -45,3 +47,11 @@ def delete_verified(kind: Kind, runtime: ContainerRuntime, name: str, kubeconfig
         raise KsiError(
             f"cluster {name} still has containers after teardown: {' '.join(c.name for c in leftovers)}",
             fix=f"run `ksi cleanup --all` on this node, or `{runtime.name} rm -f` them", step="teardown")
+
+
+def delete_cluster(kind: Kind, runtime: ContainerRuntime, registry: Registry, name: str, run_dir: Path,
+                   budget: float) -> None:
+    """Delete ``name`` verified, then forget its record and remove the run's secrets."""
+    delete_verified(kind, runtime, name, run_dir / rundir.KUBECONFIG, budget)
+    registry.remove(name)
+    rundir.remove_secrets(run_dir)

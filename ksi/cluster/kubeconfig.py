@@ -1,11 +1,13 @@
-"""Pure rewrites of the per-run kubeconfig that kind writes (never the user's ~/.kube/config)."""
+"""The per-run kubeconfig that kind writes (never the user's ~/.kube/config): pure rewrites, and the one file write."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from ksi.errors import KsiError
+from ksi.host.state import write_atomic
 
 
 def kind_context(cluster: str) -> str:
@@ -43,3 +45,13 @@ def server(config: dict[str, Any], context: str) -> str:
         raise KsiError(f"kubeconfig context {context!r} disables TLS verification", step="create",
                        fix="ksi keeps TLS verification on; do not patch the kubeconfig")
     return url
+
+
+def write_cluster_kubeconfig(path: Path, cluster: str) -> str:
+    """Add a context named ``cluster`` to kind's kubeconfig at ``path`` (atomically, 0600); return the API URL."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    updated = add_cluster_context(data, cluster)
+    write_atomic(path, yaml.safe_dump(updated, default_flow_style=False))
+    return server(updated, cluster)

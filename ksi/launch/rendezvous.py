@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,3 +217,34 @@ class Liveness:
             if count != seen.count:
                 seen.count, seen.since = count, now
         return [rank for rank, seen in self._seen.items() if now - seen.since > timeout]
+
+
+class FollowerWatch:
+    """While the workload runs, reports followers whose heartbeat stops (the workload keeps running)."""
+
+    def __init__(self, rendezvous: Rendezvous, followers: Mapping[int, str], timeout: float) -> None:
+        self._liveness = Liveness(rendezvous, followers)
+        self._followers = dict(followers)
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="follower-watch", daemon=True)
+        self.lost: list[str] = []
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            for rank in self._liveness.silent(self._timeout):
+                node = self._followers[rank]
+                if node not in self.lost:
+                    self.lost.append(node)
+                    _log.error("node %s stopped responding (no heartbeat for %g s); its virtual node will turn "
+                               "NotReady; the workload keeps running", node, self._timeout)
+
+    def start(self) -> None:
+        """Start watching."""
+        self._thread.start()
+
+    def stop(self) -> list[str]:
+        """Stop watching; return the nodes that were lost."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return list(self.lost)

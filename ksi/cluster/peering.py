@@ -1,0 +1,94 @@
+"""Liqo peering of the nodes' clusters: the leader's cluster consumes, every other node's cluster provides.
+
+Peering a provider gives the consumer one virtual node (labelled with the provider's cluster id); the
+peering is done when every provider's virtual node is Ready. ``liqoctl unpeer`` is never called (it is
+known to hang): deleting the clusters ends the peering.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksi import log
+from ksi.cluster.access import REQUEST_TIMEOUT, call_api
+from ksi.errors import KsiError
+from ksi.host.poll import completed, poll
+from ksi.tools.liqoctl import Endpoint, Liqoctl
+
+_log = log.get(__name__)
+
+VIRTUAL_NODE_SELECTOR = "liqo.io/type=virtual-node"
+REMOTE_CLUSTER_LABEL = "liqo.io/remote-cluster-id"
+VIRTUAL_NODE_POLL = 0.5  # seconds between listings of the virtual nodes
+
+
+@dataclass(frozen=True)
+class Member:
+    """A node's cluster as the other nodes see it (from its ready file)."""
+
+    rank: int
+    node: str
+    cluster: str
+    kubeconfig: Path
+    address: str
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The cluster as liqoctl addresses it (the Liqo cluster id is the cluster's name)."""
+        return Endpoint(self.kubeconfig, self.cluster, self.cluster)
+
+
+def ready_virtual_nodes(kubeconfig: Path, context: str) -> set[str]:
+    """Return the remote cluster ids of the Liqo virtual nodes that are Ready in this cluster."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), context=context)
+    with api_client:
+        nodes = call_api(lambda: client.CoreV1Api(api_client).list_node(
+            label_selector=VIRTUAL_NODE_SELECTOR, _request_timeout=REQUEST_TIMEOUT), "list virtual nodes")
+    ready = set()
+    for node in nodes.items:
+        conditions = node.status.conditions if node.status and node.status.conditions else []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            labels = node.metadata.labels or {}
+            ready.add(labels.get(REMOTE_CLUSTER_LABEL, node.metadata.name))
+    return ready
+
+
+def peer_all(liqoctl: Liqoctl, consumer: Member, providers: Sequence[Member], gateway_port: int, timeout: float,
+             every: Callable[[], None]) -> None:
+    """Peer every provider to ``consumer``, all at once, then wait until each one's virtual node is Ready.
+
+    ``every`` runs while the virtual nodes are awaited (it raises to stop waiting: another node aborted).
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(providers), 1), thread_name_prefix="peer")
+    try:
+        futures = {pool.submit(liqoctl.peer, consumer.endpoint, p.endpoint, gateway_address=p.address,
+                               gateway_port=gateway_port, timeout=timeout): p for p in providers}
+        for future in completed(futures):
+            provider = futures[future]
+            try:
+                future.result()
+            except KsiError as exc:
+                exc.message = f"peering {provider.node} ({provider.cluster}) failed: {exc.message}"
+                exc.step = "peer"
+                raise
+            _log.info("peer: %s (%s) peered", provider.node, provider.cluster)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    wanted = {p.cluster for p in providers}
+    seen: set[str] = set()
+
+    def all_ready() -> bool | None:
+        seen.clear()
+        seen.update(ready_virtual_nodes(consumer.kubeconfig, consumer.cluster))
+        return True if seen >= wanted else None
+
+    poll("the virtual nodes", all_ready, timeout=timeout, interval=VIRTUAL_NODE_POLL, every=every,
+         expired=lambda: KsiError(f"virtual nodes of {', '.join(sorted(wanted - seen))} not Ready within "
+                                  f"{timeout:g} s", step="peer",
+                                  fix="check `liqoctl info` in the leader's cluster; raise KSI_PEER_TIMEOUT"))
