@@ -257,7 +257,8 @@ def _doctor(args: argparse.Namespace, node: str) -> int:
     loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k == state_var})
     if problems:
         raise ChecksFailed(problems)
-    checks = run_checks(Host.this_node(kind_environment(loaded, environ)), args.shared_dir, loaded.state_dir)
+    host = Host.this_node(kind_environment(loaded, environ), loaded.provider)
+    checks = run_checks(host, args.shared_dir, loaded.state_dir)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"node": node, "ok": ok, "checks": [c.as_dict() for c in checks]}), flush=True)

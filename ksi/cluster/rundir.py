@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ksi.cluster import names
-from ksi.errors import PrerequisiteError
+from ksi.errors import EXIT_PREREQUISITE, EXIT_USAGE, PrerequisiteError, Problem
 from ksi.host.state import write_json
 
 RUNS = "ksi-runs"
@@ -21,6 +22,21 @@ KSI_LOG = "ksi.log"
 WORKLOAD_LOG = "workload.log"
 RECORD = "run.json"
 SECRETS = (KUBECONFIG,)
+
+
+def check_shared_dir(text: str) -> Path | Problem:
+    """Return the absolute shared directory, or the problem with it (probed with a temporary file)."""
+    path = Path(text).expanduser().absolute()
+    fix = "give an existing directory you can write to, on a filesystem all nodes share"
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        return Problem(EXIT_USAGE, f"shared directory {str(path)!r} {what}", fix)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ksi-probe-"):
+            pass
+    except OSError as exc:
+        return Problem(EXIT_PREREQUISITE, f"shared directory {str(path)!r} is not writable ({exc.strerror})", fix)
+    return path
 
 
 def create(shared_dir: Path, job_id: str | None, attempts: int = 5) -> tuple[str, Path]:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ksi import log
+from ksi.cluster.rundir import check_shared_dir
 from ksi.cluster.workload import Workload, resolve
 from ksi.errors import (
     EXIT_PREREQUISITE,
     EXIT_TOOL_MISSING,
-    EXIT_USAGE,
     ChecksFailed,
     KsiError,
     Problem,
@@ -26,7 +25,7 @@ from ksi.host.state import check_private_dir
 from ksi.settings import Settings, env_name
 from ksi.tools import proc
 from ksi.tools.kind import Kind
-from ksi.tools.liqoctl import Liqoctl
+from ksi.tools.liqoctl import MAJOR, Liqoctl
 
 _log = log.get(__name__)
 
@@ -41,21 +40,6 @@ class Plan:
     kind_version: tuple[int, int, int]
     kind_wrapper: tuple[str, ...]
     node_address: str = "127.0.0.1"
-
-
-def check_shared_dir(text: str) -> Path | Problem:
-    """Return the absolute shared directory, or the problem with it (probed with a temporary file)."""
-    path = Path(text).expanduser().absolute()
-    fix = "give an existing directory you can write to, on a filesystem all nodes share"
-    if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a directory"
-        return Problem(EXIT_USAGE, f"shared directory {str(path)!r} {what}", fix)
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".ksi-probe-"):
-            pass
-    except OSError as exc:
-        return Problem(EXIT_PREREQUISITE, f"shared directory {str(path)!r} is not writable ({exc.strerror})", fix)
-    return path
 
 
 def run_checks(
@@ -173,23 +157,22 @@ def tool_checks(provider: str, kind_env: Mapping[str, str]) -> tuple[tuple[int, 
 
 
 def liqo_problems(kind_env: Mapping[str, str]) -> list[Problem]:
-    """Check that liqoctl v1 is on PATH and its ``peer`` has the gateway flags ksi uses (multi-node runs)."""
-    fix = "install liqoctl v1.x (see setup/README.md) and put it on PATH"
+    """Check that liqoctl v1 is on PATH and its ``peer`` has the gateway flags ksi uses (multi-node runs).
+
+    Runs ``liqoctl version --client`` and ``liqoctl peer --help`` (:meth:`ksi.tools.liqoctl.Liqoctl.client`).
+    """
+    fix = f"install liqoctl v{MAJOR}.x (see setup/README.md) and put it on PATH"
     if proc.which("liqoctl", kind_env) is None:
         return [Problem(EXIT_TOOL_MISSING, "liqoctl not found on PATH (a multi-node run peers its clusters with Liqo)",
                         fix)]
-    liqoctl = Liqoctl(kind_env)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="liqoctl") as pool:
-        asked_version, asked_flags = pool.submit(liqoctl.version), pool.submit(liqoctl.missing_peer_flags)
-        try:
-            version, shown = asked_version.result()
-            missing = asked_flags.result()
-        except KsiError as exc:
-            return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
-    shown = shown if shown.startswith("v") else f"v{shown}" if version else f"{shown!r} (unknown version)"
-    if version is None or version[0] != 1:
-        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {shown} is not a Liqo v1 client", fix)]
-    if missing:
-        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {shown} has no {', '.join(missing)} on `liqoctl peer` (the "
-                        "gateway set-up behind the rootless NAT)", "install a newer liqoctl v1 (v1.0.1 or later)")]
-    return []
+    try:
+        client = Liqoctl(kind_env).client()
+    except KsiError as exc:
+        return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
+    if client.usable:  # the rule `ksi doctor` applies too
+        return []
+    if client.wrong_major:
+        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} is not a Liqo v{MAJOR} client", fix)]
+    return [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} has no {', '.join(client.missing_flags)} on "
+                    "`liqoctl peer` (the gateway set-up behind the rootless NAT)",
+                    f"install a newer liqoctl v{MAJOR} (v1.0.1 or later)")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from ksi.tools import proc
 
+MAJOR = 1  # Liqo v1: peering across mixed major versions is unsupported
 GATEWAY_SERVICE_TYPE = "NodePort"
 API_ADDRESS_VALUE = "apiServer.address"  # Helm value of Liqo's chart: the API address given to consumers
 # The flags of `liqoctl peer` that set up the gateway behind the rootless NAT (see Liqoctl.peer).
@@ -23,6 +25,25 @@ class Endpoint:
     kubeconfig: Path
     context: str
     cluster_id: str
+
+
+@dataclass(frozen=True)
+class Client:
+    """The liqoctl on PATH as ksi judges it, for ``ksi run`` and ``ksi doctor`` alike."""
+
+    version: tuple[int, int, int] | None
+    shown: str  # the version as liqoctl writes it (v1.0.0-rc.3), or its output when it has none
+    missing_flags: tuple[str, ...]  # of PEER_FLAGS, those `liqoctl peer --help` does not list
+
+    @property
+    def wrong_major(self) -> bool:
+        """True unless this is a Liqo v1 client."""
+        return self.version is None or self.version[0] != MAJOR
+
+    @property
+    def usable(self) -> bool:
+        """True when ksi can peer with this liqoctl: v1, with every gateway flag on ``peer``."""
+        return not self.wrong_major and not self.missing_flags
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -51,6 +72,19 @@ class Liqoctl:
         """
         out = proc.run(["liqoctl", "peer", "--help"], env=self._env, timeout=timeout, step="checks").stdout
         return [flag for flag in PEER_FLAGS if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out)]
+
+    def client(self, *, timeout: float = 30.0) -> Client:
+        """Run ``liqoctl version --client`` and ``liqoctl peer --help`` side by side; return what they tell.
+
+        Raises the KsiError of a command that failed (ToolMissingError when liqoctl is not on PATH).
+        """
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="liqoctl") as pool:
+            asked_version = pool.submit(self.version, timeout=timeout)
+            asked_flags = pool.submit(self.missing_peer_flags, timeout=timeout)
+            version, shown = asked_version.result()
+            missing = asked_flags.result()
+        shown = shown if shown.startswith("v") else f"v{shown}" if version else f"{shown!r} (unknown version)"
+        return Client(version, shown, tuple(missing))
 
     def install_kind(self, target: Endpoint, api_url: str, *, timeout: float, chart: str = "") -> None:
         """Run ``liqoctl install kind`` for ``target`` (cluster id = cluster name, no telemetry).

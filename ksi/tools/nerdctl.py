@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from ksi.errors import KsiError
@@ -57,6 +58,15 @@ class Nerdctl:
         except ValueError as exc:
             raise KsiError("cannot parse `nerdctl info` output", step="nerdctl") from exc
         return data if isinstance(data, dict) else {}
+
+    def version(self, *, timeout: float = 30.0) -> str:
+        """Run ``nerdctl --version`` and return the version it prints (2.0.3)."""
+        out = self._run("--version", timeout=timeout)
+        match = re.search(r"(\d+\.\d+\.\d+\S*)", out)
+        if match is None:
+            raise KsiError(f"cannot read the version from {out.strip()[:80]!r}", step="nerdctl",
+                           fix="install a released nerdctl")
+        return match[1]
 
 
 def _labels(value: object) -> dict[str, str]:

@@ -40,6 +40,10 @@ class ContainerRuntime(Protocol):
         """Return the runtime's own description of itself (rootless, cgroup version, data root)."""
         ...
 
+    def version(self, *, timeout: float = 30.0) -> str:
+        """Return the runtime client's version (2.0.3); raise KsiError when it cannot be read."""
+        ...
+
 
 def runtime_for(provider: str, env: Mapping[str, str]) -> ContainerRuntime:
     """Return the adapter for kind's ``provider`` (the value of KIND_EXPERIMENTAL_PROVIDER)."""
