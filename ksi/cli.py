@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 
 from ksi import log
 from ksi.errors import EXIT_FAILURE, EXIT_PREREQUISITE, ChecksFailed, Interrupted, KsiError, UsageError
 from ksi.host.signals import SignalGuard
-from ksi.host.slurm import context
+from ksi.host.slurm import context, node_name
 from ksi.settings import Settings
 
 _log = log.get(__name__)
@@ -39,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="ksi", description="A throw-away Kubernetes cluster for the length of one (Slurm) job.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    verbose = argparse.ArgumentParser(add_help=False)  # the option of every command that logs
+    verbose.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
 
     run = commands.add_parser(
-        "run", help="create a cluster, run a workload against it, tear it down",
+        "run", parents=[verbose], help="create a cluster, run a workload against it, tear it down",
         description="Create a rootless kind cluster, run WORKLOAD with K8S_CLUSTER_NAME, K8S_CLUSTER_API, "
         "K8S_CLUSTER_API_TOKEN, K8S_PORT, KUBECONFIG and KSI_RUN_DIR set, and delete the cluster "
         "afterwards, whatever happens. Arguments after `--` go to the workload.",
@@ -56,18 +57,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="run kind under `systemd-run --user --scope` (default: $KSI_SYSTEMD_SCOPE or auto)")
     run.add_argument("--no-clean-stale", dest="clean_stale", action="store_false", default=None,
                      help="do not remove your stale clusters on this node first (default: $KSI_CLEAN_STALE or do)")
-    run.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
 
     listing = commands.add_parser(
-        "list", help="list your ksi clusters on this node and whether their job or process is alive",
+        "list", parents=[verbose], help="list your ksi clusters on this node and whether their job or process is alive",
         description="List the clusters ksi created on this node for you: name, Slurm job (or standalone "
         "process), state (running: its job or ksi process is alive; stale: both are gone; unknown: found "
         "through kind and the container label but without a readable record), age, K8S_PORT, run directory.")
     listing.add_argument("--json", action="store_true", help="print a JSON array of objects instead of a table")
-    listing.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
 
     clean = commands.add_parser(
-        "cleanup", help="delete your stale (or selected) ksi clusters on this node",
+        "cleanup", parents=[verbose], help="delete your stale (or selected) ksi clusters on this node",
         description="Delete ksi clusters of yours on this node with the same verified teardown as `ksi run`, "
         "release their ports and remove their secrets (logs are kept). Never touches a cluster of a running "
         "job unless that job is named, another user's clusters, clusters ksi did not create, or kind's "
@@ -78,7 +77,6 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--job", metavar="ID", help="the clusters of Slurm job ID, whatever their state")
     which.add_argument("--all", action="store_true", help="every ksi cluster of yours on this node")
     clean.add_argument("--dry-run", action="store_true", help="print what would be deleted; change nothing")
-    clean.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
 
     doctor = commands.add_parser(
         "doctor", help="check that this node can run ksi",
@@ -90,11 +88,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="the directory runs will share (default: current directory)")
     doctor.add_argument("--json", action="store_true", help="print one JSON object with node and checks")
     return parser
-
-
-def node_name() -> str:
-    """Return the short name of this node as Slurm knows it (SLURMD_NODENAME) or the hostname."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
 
 
 def _report(node: str, exc: KsiError) -> None:
@@ -111,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workload_args = words[words.index("--") + 1:] if "--" in words else []
     args = _parser().parse_args(words[: words.index("--")] if "--" in words else words)
     args.workload_args = workload_args
-    node = node_name()
+    node = node_name(os.environ)
     commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor}
     try:
         return commands[args.command](args, node)
@@ -182,7 +175,8 @@ def _list(args: argparse.Namespace, node: str) -> int:
     import json
     import time
 
-    from ksi.admin.inventory import JobStates, node_names, take
+    from ksi.admin.inventory import JobStates, take
+    from ksi.host.slurm import node_names
 
     log.setup(node, verbose=args.verbose)
     environ = dict(os.environ)

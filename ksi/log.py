@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -42,18 +43,7 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-class _BufferHandler(logging.Handler):
-    """Keeps DEBUG records until the run directory (and with it the log file) exists."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-_buffer: _BufferHandler | None = None
+_buffer: logging.handlers.MemoryHandler | None = None
 _file: logging.FileHandler | None = None
 _FILE_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s [%(process)d] %(message)s"
 
@@ -70,7 +60,10 @@ def setup(node: str, *, verbose: bool = False) -> None:
     console.setFormatter(logging.Formatter(f"ksi[{node}] %(message)s"))
     console.addFilter(_RedactingFilter())
     logger.addHandler(console)
-    _buffer = _BufferHandler()
+    # Keeps every record until the run directory (and with it the log file) exists: a MemoryHandler
+    # without a target keeps its whole buffer; attach_file gives it the file as target and flushes.
+    _buffer = logging.handlers.MemoryHandler(capacity=sys.maxsize, target=None)
+    _buffer.setLevel(logging.DEBUG)
     _buffer.addFilter(_RedactingFilter())
     logger.addHandler(_buffer)
 
@@ -86,9 +79,10 @@ def attach_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter(_FILE_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(_RedactingFilter())
     if _buffer is not None:
-        for record in _buffer.records:
-            handler.handle(record)
+        _buffer.setTarget(handler)
+        _buffer.flush()
         logger.removeHandler(_buffer)
+        _buffer.close()
         _buffer = None
     logger.addHandler(handler)
     _file = handler

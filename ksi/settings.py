@@ -1,4 +1,4 @@
-"""Every setting of ksi in one place: defaults, the environment variable that overrides each, validation.
+"""Every setting of ksi in one place: one declaration each, with its environment variable, parser, default, doc.
 
 Precedence is command line > environment > default; the CLI passes its flags as overrides.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ksi.errors import EXIT_USAGE, Problem
 
@@ -17,64 +17,15 @@ from ksi.errors import EXIT_USAGE, Problem
 DEFAULT_NODE_IMAGE = (
     "kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5"
 )
-PROVIDERS = ("nerdctl",)  # container runtimes with an adapter in ksi.runtimes
+PROVIDERS = ("nerdctl",)  # container runtimes with an adapter in ksi.tools.runtime
 SCOPE_CHOICES = ("auto", "always", "never")
 MIN_TOKEN_TTL = 600
+T = TypeVar("T")
 
 
 def default_state_dir(uid: int | None = None) -> Path:
     """Return the node-local directory for locks, port reservations and cluster records of one user."""
     return Path("/tmp") / f"ksi-{os.getuid() if uid is None else uid}"  # noqa: S108 - node-local by design
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Values that shape a run; each field lists the environment variable that sets it."""
-
-    provider: str = "nerdctl"  # KIND_EXPERIMENTAL_PROVIDER
-    node_image: str = DEFAULT_NODE_IMAGE  # KSI_NODE_IMAGE
-    systemd_scope: str = "auto"  # KSI_SYSTEMD_SCOPE: run kind under `systemd-run --user --scope`
-    create_timeout: float = 600.0  # KSI_CREATE_TIMEOUT: seconds for `kind create cluster`
-    kind_wait: float = 180.0  # KSI_KIND_WAIT: seconds kind waits for the control plane (--wait)
-    teardown_timeout: float = 20.0  # KSI_TEARDOWN_TIMEOUT: budget for deleting the cluster
-    grace_period: float = 5.0  # KSI_GRACE_PERIOD: seconds a signalled workload gets before SIGKILL
-    token_ttl: int = 86400  # KSI_TOKEN_TTL: token lifetime when the job's end time is unknown
-    lock_timeout: float = 900.0  # KSI_LOCK_TIMEOUT: wait for the node-local `kind create` lock
-    state_dir: Path = Path()  # KSI_STATE_DIR: node-local state (default /tmp/ksi-UID)
-    clean_stale: bool = True  # KSI_CLEAN_STALE: remove this user's stale clusters before creating
-    # Multi-node runs (srun -N2 and more):
-    rendezvous_timeout: float = 120.0  # KSI_RENDEZVOUS_TIMEOUT: for every node to appear in the run directory
-    leader_timeout: float = 60.0  # KSI_LEADER_TIMEOUT: a silent leader (or follower) is declared dead after it
-    install_timeout: float = 600.0  # KSI_INSTALL_TIMEOUT: `liqoctl install kind`
-    peer_timeout: float = 600.0  # KSI_PEER_TIMEOUT: `liqoctl peer` plus the virtual node becoming Ready
-    liqo_chart: str = ""  # KSI_LIQO_CHART: local Helm chart for nodes without internet access
-    node_address: str = ""  # KSI_NODE_ADDRESS: this node's address (default: the one of its default route)
-
-
-_ENV: dict[str, str] = {
-    "provider": "KIND_EXPERIMENTAL_PROVIDER",
-    "node_image": "KSI_NODE_IMAGE",
-    "systemd_scope": "KSI_SYSTEMD_SCOPE",
-    "create_timeout": "KSI_CREATE_TIMEOUT",
-    "kind_wait": "KSI_KIND_WAIT",
-    "teardown_timeout": "KSI_TEARDOWN_TIMEOUT",
-    "grace_period": "KSI_GRACE_PERIOD",
-    "token_ttl": "KSI_TOKEN_TTL",
-    "lock_timeout": "KSI_LOCK_TIMEOUT",
-    "state_dir": "KSI_STATE_DIR",
-    "clean_stale": "KSI_CLEAN_STALE",
-    "rendezvous_timeout": "KSI_RENDEZVOUS_TIMEOUT",
-    "leader_timeout": "KSI_LEADER_TIMEOUT",
-    "install_timeout": "KSI_INSTALL_TIMEOUT",
-    "peer_timeout": "KSI_PEER_TIMEOUT",
-    "liqo_chart": "KSI_LIQO_CHART",
-    "node_address": "KSI_NODE_ADDRESS",
-}
-
-
-def env_name(field: str) -> str:
-    """Return the environment variable that sets ``field``."""
-    return _ENV[field]
 
 
 def _seconds(text: str) -> float:
@@ -134,50 +85,84 @@ def _ipv4(text: str) -> str:
     return text
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "provider": _choice(PROVIDERS),
-    "node_image": lambda text: text if text.strip() else _raise("must not be empty"),
-    "systemd_scope": _choice(SCOPE_CHOICES),
-    "create_timeout": _seconds,
-    "kind_wait": _seconds,
-    "teardown_timeout": _seconds,
-    "grace_period": _seconds,
-    "token_ttl": _ttl,
-    "lock_timeout": _seconds,
-    "state_dir": _state_dir,
-    "clean_stale": _bool,
-    "rendezvous_timeout": _seconds,
-    "leader_timeout": _seconds,
-    "install_timeout": _seconds,
-    "peer_timeout": _seconds,
-    "liqo_chart": _existing_dir,
-    "node_address": _ipv4,
-}
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
 
 
-def _raise(message: str) -> Any:
-    raise ValueError(message)
+def setting(env: str, parse: Callable[[str], T], default: T | Callable[[], T], doc: str) -> T:
+    """Declare a field of Settings: the variable ``env`` sets it, ``parse`` checks its value, ``doc`` says what it is.
+
+    ``default`` is the value, or (for a default that depends on the node, like the state directory) a function
+    that returns it.
+    """
+    metadata = {"env": env, "parse": parse, "doc": doc}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Values that shape a run, one declaration each (see :func:`setting`)."""
+
+    provider: str = setting("KIND_EXPERIMENTAL_PROVIDER", _choice(PROVIDERS), "nerdctl", "kind's provider")
+    node_image: str = setting("KSI_NODE_IMAGE", _not_empty, DEFAULT_NODE_IMAGE, "kind node image, pinned by digest")
+    systemd_scope: str = setting("KSI_SYSTEMD_SCOPE", _choice(SCOPE_CHOICES), "auto",
+                                 "run kind under `systemd-run --user --scope`")
+    create_timeout: float = setting("KSI_CREATE_TIMEOUT", _seconds, 600.0, "seconds for `kind create cluster`")
+    kind_wait: float = setting("KSI_KIND_WAIT", _seconds, 180.0, "seconds kind waits for the control plane (--wait)")
+    teardown_timeout: float = setting("KSI_TEARDOWN_TIMEOUT", _seconds, 20.0, "seconds for deleting a cluster")
+    grace_period: float = setting("KSI_GRACE_PERIOD", _seconds, 5.0,
+                                  "seconds a signalled workload gets before SIGKILL")
+    token_ttl: int = setting("KSI_TOKEN_TTL", _ttl, 86400, "token lifetime when the job's end time is unknown")
+    lock_timeout: float = setting("KSI_LOCK_TIMEOUT", _seconds, 900.0,
+                                  "seconds to wait for the node-local `kind create` lock")
+    state_dir: Path = setting("KSI_STATE_DIR", _state_dir, default_state_dir,  # noqa: RUF009 - a field(), immutable
+                              "node-local state: locks, port reservations, cluster records (/tmp/ksi-UID)")
+    clean_stale: bool = setting("KSI_CLEAN_STALE", _bool, True,
+                                "remove this user's stale clusters on this node before creating one")
+    # Multi-node runs (srun -N2 and more):
+    rendezvous_timeout: float = setting("KSI_RENDEZVOUS_TIMEOUT", _seconds, 120.0,
+                                        "seconds for every node to appear in the run directory")
+    leader_timeout: float = setting("KSI_LEADER_TIMEOUT", _seconds, 60.0,
+                                    "seconds of heartbeat silence after which a node is declared dead")
+    install_timeout: float = setting("KSI_INSTALL_TIMEOUT", _seconds, 600.0, "seconds for `liqoctl install kind`")
+    peer_timeout: float = setting("KSI_PEER_TIMEOUT", _seconds, 600.0,
+                                  "seconds for `liqoctl peer` and the virtual node becoming Ready")
+    liqo_chart: str = setting("KSI_LIQO_CHART", _existing_dir, "",
+                              "local copy of Liqo's Helm chart, for nodes without internet access")
+    node_address: str = setting("KSI_NODE_ADDRESS", _ipv4, "",
+                                "the address other nodes reach this node at (default: that of the default route)")
+
+
+def env_name(name: str) -> str:
+    """Return the environment variable that sets the setting ``name``."""
+    return str(_declared()[name].metadata["env"])
+
+
+def _declared() -> dict[str, Any]:
+    return {f.name: f for f in fields(Settings)}
 
 
 def load(environ: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> tuple[Settings, list[Problem]]:
     """Build Settings from defaults, ``environ`` and command-line ``overrides``; report every bad value."""
     values: dict[str, Any] = {}
     problems: list[Problem] = []
-    for field in fields(Settings):
+    for declared in fields(Settings):
+        name, env = declared.name, declared.metadata["env"]
         source, raw = "", None
-        if overrides and overrides.get(field.name) is not None:
-            source, raw = f"--{field.name.replace('_', '-')}", overrides[field.name]
-        elif environ.get(_ENV[field.name], "") != "":
-            source, raw = _ENV[field.name], environ[_ENV[field.name]]
+        if overrides and overrides.get(name) is not None:
+            source, raw = f"--{name.replace('_', '-')}", overrides[name]
+        elif environ.get(env, "") != "":
+            source, raw = env, environ[env]
         if raw is None:
             continue
         try:
-            values[field.name] = _PARSERS[field.name](raw)
+            values[name] = declared.metadata["parse"](raw)
         except ValueError as exc:
             problems.append(
                 Problem(EXIT_USAGE, f"{source}={raw!r} {exc}", f"correct or unset {source}", "settings")
             )
-    settings = replace(Settings(), **values)
-    if "state_dir" not in values:
-        settings = replace(settings, state_dir=default_state_dir())
-    return settings, problems
+    return Settings(**values), problems

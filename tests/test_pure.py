@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -22,6 +23,7 @@ from ksi.host.ports import parse_port
 from ksi.host.slurm import context
 from ksi.host.state import check_private_dir, process_start
 from ksi.tools.kind import parse_version
+from tests.ksi_helpers import REPO
 
 DATA = Path(__file__).parent / "data"
 
@@ -59,6 +61,17 @@ def test_settings_report_every_bad_value_at_once() -> None:
         assert name in text
     assert all(p.code == EXIT_USAGE for p in problems)
     assert "must be one of nerdctl" in text
+
+
+def test_every_setting_is_declared_once_and_in_the_readme() -> None:
+    """A setting is one declaration (variable, parser, default, doc) and the README's table lists each variable."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    declared = dataclasses.fields(settings.Settings)
+    assert len({f.metadata["env"] for f in declared}) == len(declared)
+    for declared_field in declared:
+        env = settings.env_name(declared_field.name)
+        assert f"| `{env}`" in readme, f"{env} is missing from the README's settings table"
+        assert declared_field.metadata["doc"] and callable(declared_field.metadata["parse"])
 
 
 # --- Slurm environment ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``ksi cleanup``: delete ksi clusters of the calling user on this node, safely and verified.
 
-What may be deleted (see :mod:`ksi.inventory` for the states):
+What may be deleted (see :mod:`ksi.admin.inventory` for the states):
 
 - ``stale`` (the default): clusters whose ksi process is gone and whose job has ended (or, without Slurm,
   whose process is gone), and unrecorded ksi clusters nothing claims. Never a cluster of a job that is
@@ -10,7 +10,7 @@ What may be deleted (see :mod:`ksi.inventory` for the states):
 
 Only names ksi generates are considered, only through this user's own container runtime (another user's
 clusters are invisible to it), and kind's shared ``kind`` network is never touched. Deletion is the same
-verified teardown as ``ksi run``'s (:func:`ksi.cluster.delete_verified`); afterwards the port reservations
+verified teardown as ``ksi run``'s (:func:`ksi.cluster.delete.delete_verified`); afterwards the port reservations
 are released, the run's secrets removed (logs kept), run.json marked ``cleaned``, and the record dropped.
 Cleanups of one user on one node are serialised by a node-local lock; a cluster whose delete fails keeps
 its record, so the next cleanup retries it.
@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksi import log
-from ksi.admin.inventory import RECORD_DAMAGED, RECORD_OK, Cluster, Inventory, JobStates, node_label, node_names, take
+from ksi.admin.inventory import RECORD_DAMAGED, RECORD_OK, Cluster, Inventory, JobStates, take
 from ksi.cluster import rundir
 from ksi.cluster.delete import delete_verified
 from ksi.errors import Interrupted, KsiError
 from ksi.host.ports import PortReservations
 from ksi.host.registry import Registry
+from ksi.host.slurm import node_name, node_names
 from ksi.host.state import create_secret_file, ensure_private_dir, node_lock, read_json, write_json
 from ksi.settings import Settings
 from ksi.tools.kind import Kind
@@ -187,7 +188,7 @@ def cleanup(settings: Settings, env: Mapping[str, str], selection: Selection, *,
     ``stop`` returns a stop signal that arrived: the cleanup then ends between two clusters, never inside
     the deletion of one.
     """
-    node = node_label(env)
+    node = node_name(env)
     if dry_run:
         inventory = _inventory(settings, env, selection)
         picked = [c for c in inventory.clusters if selection.picks(c)]

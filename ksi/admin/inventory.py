@@ -1,6 +1,6 @@
 """The ksi clusters of the calling user on this node, and whether each one's job or process is still alive.
 
-Sources: the node-local records (:mod:`ksi.registry`, written before ``kind create`` starts and removed only
+Sources: the node-local records (:mod:`ksi.host.registry`, written before ``kind create`` starts and removed only
 after a verified delete), ``kind get clusters``, and the container runtime's listing by kind's cluster label
 (which still works when kind's own bookkeeping is broken). Only names ksi generates are ever considered.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import socket
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,17 +59,6 @@ FINISHED_STATES = frozenset({
     "TIMEOUT", "REVOKED",
 })
 _LIST_TIMEOUT = 30.0
-
-
-def node_names(env: Mapping[str, str]) -> frozenset[str]:
-    """Return the names this node goes by: SLURMD_NODENAME and the (short) hostname."""
-    host = socket.gethostname()
-    return frozenset(filter(None, {env.get("SLURMD_NODENAME", ""), host, host.split(".")[0]}))
-
-
-def node_label(env: Mapping[str, str]) -> str:
-    """Return this node's name as ksi prints and records it (SLURMD_NODENAME, else the short hostname)."""
-    return env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
 
 
 @dataclass(frozen=True)

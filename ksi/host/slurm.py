@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +31,17 @@ class SlurmContext:
     def in_step(self) -> bool:
         """True inside an srun step (a batch script without srun has no step id)."""
         return self.step_id is not None
+
+
+def node_name(environ: Mapping[str, str]) -> str:
+    """Return this node's name as ksi prints and records it: SLURMD_NODENAME, else the short hostname."""
+    return environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
+def node_names(environ: Mapping[str, str]) -> frozenset[str]:
+    """Return every name this node goes by: SLURMD_NODENAME, the hostname and the short hostname."""
+    host = socket.gethostname()
+    return frozenset(filter(None, {environ.get("SLURMD_NODENAME", ""), host, host.split(".")[0]}))
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
