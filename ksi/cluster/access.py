@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ksi import log
 from ksi.errors import KsiError
-from ksi.host import signals
+from ksi.host.poll import poll
 
 _log = log.get(__name__)
 
@@ -126,19 +125,20 @@ def call_api(call: Any, what: str) -> Any:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    deadline = time.monotonic() + _RETRY_FOR
-    delay = 0.1
-    while True:
+    failure: list[HTTPError] = []
+
+    def attempt() -> tuple[Any] | None:
         try:
-            return call()
+            return (call(),)
         except ApiException as exc:
             raise KsiError(f"{what} failed: HTTP {exc.status} {exc.reason}", step="access",
                            fix="see the DEBUG log in the run directory") from None
         except HTTPError as exc:
-            if time.monotonic() + delay > deadline:
-                raise KsiError(f"{what} failed: cannot reach the API server ({exc})", step="access",
-                               fix="check the cluster's container logs with nerdctl logs") from None
-            _log.debug("%s: %s; retrying in %.1f s", what, exc, delay)
-            signals.check()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            _log.debug("%s: %s; retrying", what, exc)
+            failure[:] = [exc]
+            return None
+
+    answer = poll(what, attempt, timeout=_RETRY_FOR, interval=0.1, backoff=2.0, max_interval=2.0,
+                  expired=lambda: KsiError(f"{what} failed: cannot reach the API server ({failure[0]})", step="access",
+                                           fix="check the cluster's container logs with nerdctl logs"))
+    return answer[0]

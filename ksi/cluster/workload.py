@@ -17,6 +17,7 @@ from typing import BinaryIO
 from ksi import log
 from ksi.errors import EXIT_USAGE, Interrupted, Problem
 from ksi.host import signals
+from ksi.host.poll import poll
 
 _log = log.get(__name__)
 _PUMP_JOIN = 5.0
@@ -190,12 +191,13 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, gra
 
 
 def _wait(child: subprocess.Popen[bytes]) -> int:
-    """Wait for the workload, checking for a stop signal whose exception was lost every quarter second."""
-    while True:
-        try:
-            return child.wait(timeout=0.25)
-        except subprocess.TimeoutExpired:
-            signals.check()
+    """Wait for the workload, looking for a stop signal whose exception was lost every quarter second."""
+
+    def pause(seconds: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=seconds)
+
+    return poll("the workload", child.poll, pause=pause)
 
 
 def _kill(pgid: int, sig: int) -> None:

@@ -10,13 +10,14 @@ import json
 import os
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ksi.errors import EXIT_PREREQUISITE, PrerequisiteError, Problem
+
+LOCK_POLL = 0.05  # seconds between attempts at a node-local lock (filelock's own poll interval)
 
 
 @dataclass(frozen=True)
@@ -125,23 +126,20 @@ def node_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     from ksi.errors import KsiError
-    from ksi.host import signals
+    from ksi.host.poll import poll
 
     lock = FileLock(path, timeout=timeout, mode=0o600, fallback_to_soft=False)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def acquired() -> bool | None:
         try:
-            lock.acquire(timeout=min(0.25, max(deadline - time.monotonic(), 0.0)))
-            break
+            lock.acquire(blocking=False)
         except Timeout:
-            if time.monotonic() < deadline:
-                signals.check()
-                continue
-        raise KsiError(
-            f"waited {timeout:g} s for the lock {path} ({what})",
-            fix="another ksi on this node holds it; wait, or raise KSI_LOCK_TIMEOUT",
-            step="lock",
-        )
+            return None
+        return True
+
+    poll(what, acquired, timeout=timeout, interval=LOCK_POLL, expired=lambda: KsiError(
+        f"waited {timeout:g} s for the lock {path} ({what})",
+        fix="another ksi on this node holds it; wait, or raise KSI_LOCK_TIMEOUT", step="lock"))
     try:
         yield
     finally:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ksi import log
 from ksi.errors import KsiError
-from ksi.host import signals
+from ksi.host.poll import poll
 from ksi.host.state import read_json, write_json
 
 LEADER = "leader.json"
@@ -122,19 +122,12 @@ class Rendezvous:
     def wait(self, what: str, probe: Callable[[], T | None], timeout: float,
              on_timeout: Callable[[], KsiError], *, check: Callable[[], None] | None = None) -> T:
         """Poll ``probe`` until it returns a value; check for an abort (and ``check``) on every round."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def aborted_or(probe: Callable[[], T | None] = probe) -> T | None:
             self.check_abort()
-            value = probe()
-            if value is not None:
-                return value
-            if check is not None:
-                check()
-            if time.monotonic() > deadline:
-                _log.debug("rendezvous: gave up waiting for %s after %.0f s", what, timeout)
-                raise on_timeout()
-            signals.check()
-            time.sleep(POLL)
+            return probe()
+
+        return poll(what, aborted_or, timeout=timeout, interval=POLL, expired=on_timeout, every=check)
 
 
 def join(path: Path, rank: int, node: str, started: float, timeout: float, leader_node: str) -> Rendezvous:
@@ -143,27 +136,25 @@ def join(path: Path, rank: int, node: str, started: float, timeout: float, leade
     A leader.json whose start lies more than FRESH_WINDOW before ours is taken only once its heartbeat
     moves: it may be the leftover of an earlier run of the same job id, which the leader moves aside.
     """
-    deadline = time.monotonic() + timeout
     suspects: dict[str, tuple[int, float]] = {}
-    while True:
+
+    def announced() -> Rendezvous | None:
         data = read_json(path / LEADER)
-        if isinstance(data, dict) and isinstance(data.get("nonce"), str):
-            nonce = data["nonce"]
-            if float(data.get("started", 0)) >= started - FRESH_WINDOW:
-                return Rendezvous(path, rank, node, nonce)
-            beat = read_json(path / heartbeat(0))
-            count = int(beat.get("count", -1)) if isinstance(beat, dict) and beat.get("nonce") == nonce else -1
-            first = suspects.setdefault(nonce, (count, time.monotonic()))
-            if count != first[0]:
-                return Rendezvous(path, rank, node, nonce)
-        if time.monotonic() > deadline:
-            raise KsiError(
-                f"the leader ({leader_node}) did not announce the run in {path} within {timeout:g} s",
-                fix="the directory may not be shared across nodes (it must be on NFS, Lustre, GPFS...); "
-                    "raise KSI_RENDEZVOUS_TIMEOUT if the filesystem is slow",
-                step="rendezvous")
-        signals.check()
-        time.sleep(POLL)
+        if not (isinstance(data, dict) and isinstance(data.get("nonce"), str)):
+            return None
+        nonce = data["nonce"]
+        if float(data.get("started", 0)) >= started - FRESH_WINDOW:
+            return Rendezvous(path, rank, node, nonce)
+        beat = read_json(path / heartbeat(0))
+        count = int(beat.get("count", -1)) if isinstance(beat, dict) and beat.get("nonce") == nonce else -1
+        first = suspects.setdefault(nonce, (count, time.monotonic()))
+        return Rendezvous(path, rank, node, nonce) if count != first[0] else None
+
+    return poll("the leader", announced, timeout=timeout, interval=POLL, expired=lambda: KsiError(
+        f"the leader ({leader_node}) did not announce the run in {path} within {timeout:g} s",
+        fix="the directory may not be shared across nodes (it must be on NFS, Lustre, GPFS...); "
+            "raise KSI_RENDEZVOUS_TIMEOUT if the filesystem is slow",
+        step="rendezvous"))
 
 
 class Heartbeat:
