@@ -1,4 +1,4 @@
-"""Policy for one node's kind cluster: create it, and delete it in a way that is verified and bounded."""
+"""Deleting a kind cluster, verified and within a time budget; then forgetting it and removing its secrets."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""The kind cluster configuration: rendered from the packaged jinja2 template, parsed back and checked."""
+"""The kind cluster configuration: rendered from the packaged jinja2 template (ksi.templates), parsed back, checked."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,10 @@ def render(config: KindConfig) -> str:
     """Return the kind config YAML for ``config``; raise KsiError if the result does not say what it should."""
     import jinja2
 
-    template_text = resources.files("ksi.templates").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)  # noqa: S701 - YAML, not HTML
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ksi.templates", "."), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True)  # noqa: S701 - YAML, not HTML
     env.filters["yaml_str"] = _yaml_str
-    text = env.from_string(template_text).render(
+    text = env.get_template(TEMPLATE).render(
         cluster_name=config.cluster_name,
         shared_dir=str(config.shared_dir),
         port=config.port,

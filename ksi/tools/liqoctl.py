@@ -53,7 +53,7 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
 
 
 class Liqoctl:
-    """Runs liqoctl; verbs only, the order and parallelism are decided by ksi.multinode."""
+    """Runs liqoctl; verbs only, the order and parallelism are decided by ksi.launch.multinode."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = dict(env)

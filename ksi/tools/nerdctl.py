@@ -12,7 +12,7 @@ from ksi.tools.runtime import CLUSTER_LABEL, Container
 
 
 class Nerdctl:
-    """Runs nerdctl; every call goes through :func:`ksi.proc.run`."""
+    """Runs nerdctl; every call goes through :func:`ksi.tools.proc.run`."""
 
     name = "nerdctl"
 

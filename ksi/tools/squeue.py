@@ -1,4 +1,4 @@
-"""Adapter for squeue: the state Slurm reports for a job. Verbs only; what a state means is ksi.inventory's call."""
+"""Adapter for squeue: the state Slurm reports for a job. Verbs only; ksi.admin.inventory says what a state means."""
 
 from __future__ import annotations
 
