@@ -74,7 +74,9 @@ def peer_all(liqoctl: Liqoctl, consumer: Member, providers: Sequence[Member], ga
             try:
                 future.result()
             except KsiError as exc:
-                exc.message = f"peering {provider.node} ({provider.cluster}) failed: {exc.message}"
+                # liqoctl runs here, on the leader: say so, or the provider reads as the node that failed.
+                exc.message = (f"`liqoctl peer` on {consumer.node} (the leader) with the provider {provider.node} "
+                               f"({provider.cluster}) failed: {exc.message}")
                 exc.step = "peer"
                 raise
             _log.info("peer: %s (%s) peered", provider.node, provider.cluster)
