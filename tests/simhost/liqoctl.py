@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from tests.simhost import kubeconfig
-from tests.simhost.apiserver import rfc3339
+from tests.simhost.apimodel import rfc3339
 from tests.simhost.common import Flag, NotModelled, delay_or_fail, parse_duration, parse_flags, run_tool
 from tests.simhost.kubeclient import ApiUnreachable, KubeClient
 from tests.simhost.node import GATEWAY_PROBE

@@ -28,8 +28,10 @@ from tests.simhost.common import (
     Flag,
     NotModelled,
     SimError,
+    alive,
     delay_or_fail,
     kill_process,
+    kill_session,
     load_containers,
     locked,
     logrus,
@@ -203,7 +205,11 @@ def find(request: str, pool: Sequence[Container]) -> list[Container]:
 def remove_container(container: Container) -> None:
     """Kill the container's process (SIGKILL, waiting until it is gone) and delete its record and files."""
     if container.state is not None:
-        kill_process(int(container.state["pid"]), container.state.get("start"))
+        pid, start = int(container.state["pid"]), container.state.get("start")
+        running = alive(pid, start)
+        kill_process(pid, start)
+        if running:  # the node's session: its pods' processes (the node process is its leader)
+            kill_session(pid)
     (container.dir / RECORD).unlink(missing_ok=True)
     shutil.rmtree(container.dir, ignore_errors=True)
 
