@@ -436,6 +436,15 @@ def kill_process(pid: int, start: int | None, timeout: float = 5.0) -> None:
         time.sleep(0.002)
 
 
+def session_of(pid: int) -> int | None:
+    """Return the session id of process ``pid`` (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[3])
+
+
 def session_members(sid: int) -> dict[int, int | None]:
     """Return pid -> start time of every live process in session ``sid`` (a node container and its pods)."""
     found: dict[int, int | None] = {}

@@ -117,7 +117,10 @@ class Controllers:
             return
         phase = current["status"].get("phase")
         node = current["spec"].get("nodeName")
-        if phase in TERMINAL or not node or current["status"].get("reason") == "NodeLost":
+        local = node == self.kubelet.node_name
+        # A pod offloaded to a provider goes when the provider's copy is gone, ended or not (Liqo's reflection).
+        offloaded = bool(node) and not local and self.virtual(node) is not None
+        if (phase in TERMINAL and not offloaded) or not node or current["status"].get("reason") == "NodeLost":
             self.store.remove(PODS, meta["namespace"], meta["name"])
             if node == self.kubelet.node_name:
                 self.kubelet.remove_files(current)
@@ -128,7 +131,7 @@ class Controllers:
             obj["metadata"]["deletionGracePeriodSeconds"] = int(grace)
 
         stored = self.store.update(PODS, meta["namespace"], meta["name"], mark) or current
-        runner = self.kubelet if node == self.kubelet.node_name else self.virtual(node)
+        runner = self.kubelet if local else self.virtual(node)
         if runner is None or not runner.stop(stored, grace):
             self.store.remove(PODS, meta["namespace"], meta["name"])
 

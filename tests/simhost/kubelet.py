@@ -4,8 +4,9 @@ A container's command runs with the pod's environment in its own process group, 
 session, so that removing the node container kills it (as the runtime kills a container's pid namespace).
 The image is ignored. Volume paths are rewritten: a ``hostPath`` volume maps through the node's mounts
 (kind's extraMounts, e.g. the shared directory at /app) to a path on this host, an ``emptyDir`` to a
-directory of the pod; the container's command, arguments, environment values and working directory get
-the host path wherever they name the mount path. stdout and stderr go to the container's log file
+directory of the pod; the container's command, arguments, environment values and working directory get,
+wherever they name the mount path, a link to that host path (under the node's state directory, a path
+without spaces or quotes, so that shell scripts keep their words). stdout and stderr go to the container's log file
 (``pods/log``). Faults come from KSI_SIM_FAULTS (``pod/GLOB[@HOST]:MODE``, see common.PodFault).
 Standard library only (the node-container process runs with ``python -S``).
 """
@@ -124,7 +125,7 @@ class Kubelet:
     def volume_mapping(self, pod: Obj, container: Obj) -> list[tuple[str, str]]:
         """Return (mount path in the container, host path) for the container's volume mounts."""
         volumes = {v.get("name"): v for v in pod["spec"].get("volumes") or []}
-        mapping = []
+        mapping: list[tuple[str, str]] = []
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount.get("name"))
             if volume is None:
@@ -144,7 +145,13 @@ class Kubelet:
                 raise RuntimeError(f"volume {volume['name']!r}: only hostPath and emptyDir volumes are simulated")
             if mount.get("subPath"):
                 path = os.path.join(path, mount["subPath"])
-            mapping.append((mount["mountPath"], path))
+            # The command sees the volume through a link whose path has no spaces or quotes, so a shell
+            # script naming the mount path keeps its words when the path is rewritten.
+            link = self.pod_dir(pod) / "mounts" / str(len(mapping))
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(path)
+            mapping.append((mount["mountPath"], str(link)))
         return sorted(mapping, key=lambda m: -len(m[0]))
 
     def environment(self, pod: Obj, container: Obj, mapping: list[tuple[str, str]]) -> dict[str, str]:
@@ -233,6 +240,7 @@ class Kubelet:
         failures: dict[str, tuple[int, str, str]] = {}
         for container in pod["spec"]["containers"]:
             cname = container["name"]
+            argv: list[str] = []
             log = open(self.log_path(pod, cname), "ab")  # noqa: SIM115 - owned by the process below
             try:
                 mapping = self.volume_mapping(pod, container)

@@ -37,6 +37,7 @@ from tests.simhost.common import (
     logrus,
     parse_flags,
     run_tool,
+    session_of,
     state_dir,
     write_json,
 )
@@ -206,10 +207,10 @@ def remove_container(container: Container) -> None:
     """Kill the container's process (SIGKILL, waiting until it is gone) and delete its record and files."""
     if container.state is not None:
         pid, start = int(container.state["pid"]), container.state.get("start")
-        running = alive(pid, start)
+        session = session_of(pid) if alive(pid, start) else None
         kill_process(pid, start)
-        if running:  # the node's session: its pods' processes (the node process is its leader)
-            kill_session(pid)
+        if session is not None:  # the node's session: its pods' processes
+            kill_session(session)
     (container.dir / RECORD).unlink(missing_ok=True)
     shutil.rmtree(container.dir, ignore_errors=True)
 

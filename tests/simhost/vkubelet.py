@@ -81,6 +81,8 @@ class Remote:
             response = connection.getresponse()
             if response.status != 200:
                 raise RemoteError(f"GET {path}: {response.status} {response.read(2000).decode(errors='replace')}")
+            connection.sock.settimeout(None)  # an idle watch or log is no sign of trouble
+            yield b""  # connected
             while True:
                 line = response.readline()
                 if not line:
@@ -128,7 +130,8 @@ class VirtualKubelet:
         meta = pod["metadata"]
         namespace = self.remote_namespace(meta["namespace"])
         spec = json.loads(json.dumps(pod["spec"]))
-        spec.pop("nodeName", None)
+        for key in ("nodeName", "nodeSelector", "affinity", "topologySpreadConstraints"):
+            spec.pop(key, None)  # they chose among the consumer's nodes; the provider schedules on its own
         reflected = {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": meta["name"], "namespace": namespace,
             "labels": (meta.get("labels") or {}) | {ORIGIN_LABEL: self.consumer_id},
@@ -145,11 +148,13 @@ class VirtualKubelet:
         path = (f"/api/v1/namespaces/{namespace}/pods?watch=true&timeoutSeconds=3600&fieldSelector="
                 + quote(f"metadata.name={meta['name']}"))
         since = answer["metadata"]["resourceVersion"]
-        last_answer = time.monotonic()
+        failing: float | None = None  # since when the provider does not answer
         while True:
             try:
                 for line in self.remote.stream(f"{path}&resourceVersion={since}", timeout=UNREACHABLE_AFTER):
-                    last_answer = time.monotonic()
+                    failing = None
+                    if not line.strip():
+                        continue
                     event = json.loads(line)
                     obj = event["object"]
                     if event["type"] == "ERROR":
@@ -160,7 +165,8 @@ class VirtualKubelet:
                         return
                     self._mirror(pod, obj)
             except (RemoteError, ValueError, KeyError) as exc:
-                if time.monotonic() - last_answer > UNREACHABLE_AFTER:
+                failing = failing or time.monotonic()
+                if time.monotonic() - failing > UNREACHABLE_AFTER:
                     self.log(f"virtual kubelet {self.node_name}: provider unreachable: {exc}")
                     self._lose(pod)
                     return
@@ -227,7 +233,9 @@ class VirtualKubelet:
         """Yield the log of the reflected pod, read from the provider (``follow`` streams)."""
         meta = pod["metadata"]
         path = f"/api/v1/namespaces/{self.remote_namespace(meta['namespace'])}/pods/{meta['name']}/log"
-        yield from self.remote.stream(f"{path}?{query}" if query else path, timeout=3600.0)
+        for chunk in self.remote.stream(f"{path}?{query}" if query else path, timeout=UNREACHABLE_AFTER):
+            if chunk:
+                yield chunk
 
 
 def connect(store: Store, node_name: str, log: Callable[[str], None]) -> VirtualKubelet | None:
