@@ -50,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
     """Serves one connection of the simulated API server (HTTP/1.1, keep-alive)."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once: no delayed-ACK stall per request
     server: ApiServer
     timeout = 60
 

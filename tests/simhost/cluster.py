@@ -47,6 +47,7 @@ from tests.simhost.apimodel import (
 from tests.simhost.apistore import Store
 from tests.simhost.auth import SUPERUSERS, Auth, User, check_binding, token_fault
 from tests.simhost.controllers import Controllers
+from tests.simhost.fields import unknown_fields
 from tests.simhost.jobs import admit_job, admit_pod
 from tests.simhost.kubelet import Kubelet
 from tests.simhost.services import admit_service
@@ -57,7 +58,7 @@ PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 ALLOWED_QUERY = frozenset({"labelSelector", "fieldSelector", "limit", "continue", "pretty", "timeout",
                            "timeoutSeconds", "resourceVersion", "resourceVersionMatch", "watch",
                            "allowWatchBookmarks", "fieldManager", "fieldValidation", "gracePeriodSeconds",
-                           "propagationPolicy", "includeObject", "sendInitialEvents"}) | podlogs.LOG_QUERY
+                           "propagationPolicy", "includeObject", "sendInitialEvents", "hash"}) | podlogs.LOG_QUERY
 WATCH_DEFAULT = 1800.0  # seconds a watch without timeoutSeconds lasts (kube-apiserver's --min-request-timeout)
 JOB_WARNING = ('299 - "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background '
                'to remove them or set propagationPolicy=Orphan to suppress this warning"')
@@ -335,7 +336,16 @@ class Cluster:
             if method == "POST" and route.name is None:
                 if query.get("dryRun"):
                     raise not_modelled("dryRun")
-                return Reply(201, self.create(res, route.namespace, _json_object(body)))
+                obj = _json_object(body)
+                unknown = unknown_fields(res.kind, obj)
+                validation = query.get("fieldValidation", ["Warn"])[0]
+                if unknown and validation == "Strict":
+                    raise ApiError(400, "BadRequest", "strict decoding error: " + ", ".join(
+                        f'unknown field "{u}"' for u in unknown))
+                reply = Reply(201, self.create(res, route.namespace, obj))
+                if validation == "Warn":
+                    reply.headers += [("Warning", f'299 - "unknown field \\"{u}\\""') for u in unknown]
+                return reply
             if method == "DELETE" and route.name is not None:
                 options = _json_object(body) if body else {}
                 for key in ("propagationPolicy", "gracePeriodSeconds"):
