@@ -205,6 +205,9 @@ def fault_for(op: str) -> Fault | None:
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
+        if item.startswith("pod/"):
+            parse_pod_fault(item)  # checked here too: a malformed variable fails whichever tool reads it first
+            continue
         target, sep, mode = item.partition(":")
         name, _, host = target.partition("@")
         seconds = 0.0
@@ -222,6 +225,53 @@ def fault_for(op: str) -> Fault | None:
         if name == op and (not host or host == here):
             found = Fault(op, mode, seconds)
     return found
+
+
+@dataclass(frozen=True)
+class PodFault:
+    """A fault of the pods whose name matches ``pattern`` when they run on ``host`` (any host if empty).
+
+    Modes: ``exit`` (the container's command runs, then the container exits with ``value``), ``oom`` (the
+    container is OOM-killed ``value`` seconds after it starts), ``node-lost`` (``value`` seconds after the
+    container starts, the node it runs on stops: NotReady, every pod on it lost), ``slow`` (the container
+    starts ``value`` seconds late, as after a slow image pull).
+    """
+
+    pattern: str
+    host: str
+    mode: str
+    value: float
+
+
+POD_FAULT_MODES = ("exit", "oom", "node-lost", "slow")
+
+
+def parse_pod_fault(item: str) -> PodFault:
+    """Parse ``pod/GLOB[@HOST]:MODE[=VALUE]``; raise SimError (exit 2) naming the item when malformed."""
+    target, sep, mode_text = item.partition(":")
+    pattern, _, host = target.removeprefix("pod/").partition("@")
+    mode, eq, value_text = mode_text.partition("=")
+    value = 0.0
+    ok = bool(sep and pattern and mode in POD_FAULT_MODES)
+    if ok and (eq or mode in ("exit", "slow")):
+        try:
+            value = float(value_text)
+        except ValueError:
+            ok = False
+        if mode == "exit" and (value != int(value) or not 1 <= value <= 255):
+            ok = False
+    if not ok:
+        raise SimError(f"ERROR: {ENV_FAULTS}: cannot use {item!r}: expected pod/GLOB[@HOST]:MODE with MODE "
+                       "exit=N (1-255), oom[=SECONDS], node-lost[=SECONDS] or slow=SECONDS", 2)
+    return PodFault(pattern, host, mode, value)
+
+
+def pod_faults() -> list[PodFault]:
+    """Return the pod faults KSI_SIM_FAULTS injects on this host (raise SimError when malformed)."""
+    spec = os.environ.get(ENV_FAULTS, "")
+    here = socket.gethostname()
+    found = [parse_pod_fault(item.strip()) for item in spec.split(",") if item.strip().startswith("pod/")]
+    return [f for f in found if not f.host or f.host == here]
 
 
 def delay_or_fail(op: str) -> bool:
@@ -383,6 +433,51 @@ def kill_process(pid: int, start: int | None, timeout: float = 5.0) -> None:
     while alive(pid, start):
         if time.monotonic() > deadline:
             raise SimError(f"ERROR: process {pid} survived SIGKILL for {timeout} s")
+        time.sleep(0.002)
+
+
+def session_of(pid: int) -> int | None:
+    """Return the session id of process ``pid`` (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[3])
+
+
+def session_members(sid: int) -> dict[int, int | None]:
+    """Return pid -> start time of every live process in session ``sid`` (a node container and its pods)."""
+    found: dict[int, int | None] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found[int(proc.name)] = int(fields[19])
+    return found
+
+
+def kill_session(sid: int, timeout: float = 5.0) -> None:
+    """SIGKILL every process of session ``sid`` and wait until they are gone: a container's processes die with it.
+
+    A pod's processes run in the node container's session (in their own process groups), like the processes
+    of a container's pid namespace, which the runtime kills together when the container is removed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        members = session_members(sid)
+        if not members:
+            return
+        for pid, start in members.items():
+            if alive(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise SimError(f"ERROR: processes {sorted(members)} of session {sid} survived SIGKILL for {timeout} s")
         time.sleep(0.002)
 
 

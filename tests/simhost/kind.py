@@ -304,7 +304,8 @@ def provision(cluster: kindconfig.Cluster, provider: Provider) -> Container:
 
     api_spec = {"cluster": cluster.name, "node_name": node_name, "kubernetes_version": kubernetes_version(image),
                 "node_labels": node.labels,
-                "min_token_seconds": int(os.environ.get("KSI_SIM_MIN_TOKEN_SECONDS") or 600)}
+                "min_token_seconds": int(os.environ.get("KSI_SIM_MIN_TOKEN_SECONDS") or 600),
+                "job_backoff": float(os.environ.get("KSI_SIM_JOB_BACKOFF") or 10)}
     labels = {CLUSTER_LABEL: cluster.name, ROLE_LABEL: "control-plane"}
     return provider.call(argv, lambda: nerdctl.run_node(node_name, image, labels, ports, mounts, api_spec, prepare))
 

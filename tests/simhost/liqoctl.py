@@ -10,6 +10,7 @@ the provider's published NodePort; tunnels and offloading are not modelled.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from tests.simhost import kubeconfig
-from tests.simhost.apiserver import rfc3339
+from tests.simhost.apimodel import rfc3339
 from tests.simhost.common import Flag, NotModelled, delay_or_fail, parse_duration, parse_flags, run_tool
 from tests.simhost.kubeclient import ApiUnreachable, KubeClient
 from tests.simhost.node import GATEWAY_PROBE
@@ -35,6 +36,7 @@ PEERING_PREFIX = "liqo-peering-"
 REMOTE_ID_LABEL = "liqo.io/remote-cluster-id"
 API_ADDRESS = "API_SERVER_ADDRESS"  # in the cluster-ID ConfigMap: what the installation advertises
 REMOTE_API_PROBE = 3.0  # seconds the simulated virtual kubelet tries the advertised API address
+IDENTITY_SECONDS = 7 * 24 * 3600  # the identity's token outlives any job
 CLUSTER_ID = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 GLOBAL_FLAGS = [Flag("kubeconfig"), Flag("context"), Flag("namespace", "n"), Flag("verbose", "v", "bool"),
@@ -325,12 +327,43 @@ def peer(values: dict[str, Any]) -> None:
          peering_record(provider_id, "Provider"), accept=(201, 409))
     call(remote, "POST", f"/api/v1/namespaces/{values.get('remote-namespace') or 'liqo'}/configmaps", "remote",
          peering_record(consumer_id, "Consumer"), accept=(201, 409))
+    grant_identity(local, remote, consumer_id, provider_id, provider.get(API_ADDRESS) or "")
     if values.get("create-resource-slice", True) and values.get("create-virtual-node", True):
         say("(local) ResourceSlice resources: Accepted")
         ready = remote_api_condition(remote, provider.get(API_ADDRESS) or "")
         call(local, "POST", "/api/v1/nodes", "local", virtual_node(provider_id, values, ready), accept=(201, 409))
         say("(local) VirtualNode correctly created")
     say(f"Peering with cluster \"{provider_id}\" enabled")
+
+
+def grant_identity(local: KubeClient, remote: KubeClient, consumer_id: str, provider_id: str, advertised: str) -> None:
+    """Give the consumer an identity in the provider, as Liqo's authentication module does.
+
+    In the provider: tenant namespace ``liqo-tenant-<consumer>`` with a ServiceAccount bound to cluster-admin.
+    In the consumer: tenant namespace ``liqo-tenant-<provider>`` with a Secret holding the provider's
+    advertised API address, its CA and a token of that ServiceAccount; the virtual kubelet uses it to run the
+    virtual node's pods in the provider.
+    """
+    tenant = f"liqo-tenant-{consumer_id}"
+    account = f"liqo-{consumer_id}"
+    call(remote, "POST", "/api/v1/namespaces", "remote", {"metadata": {"name": tenant}}, accept=(201, 409))
+    call(remote, "POST", f"/api/v1/namespaces/{tenant}/serviceaccounts", "remote",
+         {"metadata": {"name": account}}, accept=(201, 409))
+    call(remote, "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "remote", {
+        "metadata": {"name": account, "labels": {REMOTE_ID_LABEL: consumer_id}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": tenant}]}, accept=(201, 409))
+    _, token = call(remote, "POST", f"/api/v1/namespaces/{tenant}/serviceaccounts/{account}/token", "remote",
+                    {"spec": {"expirationSeconds": IDENTITY_SECONDS}})
+    local_tenant = f"liqo-tenant-{provider_id}"
+    call(local, "POST", "/api/v1/namespaces", "local", {"metadata": {"name": local_tenant}}, accept=(201, 409))
+    secret = f"liqo-identity-{provider_id}"
+    call(local, "DELETE", f"/api/v1/namespaces/{local_tenant}/secrets/{secret}", "local", accept=(200, 404))
+    data = {"server": advertised.encode(), "ca.crt": remote.client.ca or b"",
+            "token": token["status"]["token"].encode()}
+    call(local, "POST", f"/api/v1/namespaces/{local_tenant}/secrets", "local", {
+        "metadata": {"name": secret, "labels": {REMOTE_ID_LABEL: provider_id}},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
 
 
 def unpeer(values: dict[str, Any]) -> None:
@@ -346,6 +379,10 @@ def unpeer(values: dict[str, Any]) -> None:
     provider_id = require_installation(remote, remote_namespace, "remote")["CLUSTER_ID"]
     apply_fault("liqoctl-unpeer", "(local) Timed out waiting for the peering to be removed")
     call(local, "DELETE", f"/api/v1/nodes/{provider_id}", "local", accept=(200, 404))
+    call(local, "DELETE", f"/api/v1/namespaces/liqo-tenant-{provider_id}", "local", accept=(200, 404))
+    call(remote, "DELETE", f"/api/v1/namespaces/liqo-tenant-{consumer_id}", "remote", accept=(200, 404))
+    call(remote, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/liqo-{consumer_id}", "remote",
+         accept=(200, 404))
     call(local, "DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{PEERING_PREFIX}{provider_id}", "local",
          accept=(200, 404))
     call(remote, "DELETE", f"/api/v1/namespaces/{remote_namespace}/configmaps/{PEERING_PREFIX}{consumer_id}",

@@ -28,13 +28,16 @@ from tests.simhost.common import (
     Flag,
     NotModelled,
     SimError,
+    alive,
     delay_or_fail,
     kill_process,
+    kill_session,
     load_containers,
     locked,
     logrus,
     parse_flags,
     run_tool,
+    session_of,
     state_dir,
     write_json,
 )
@@ -203,7 +206,11 @@ def find(request: str, pool: Sequence[Container]) -> list[Container]:
 def remove_container(container: Container) -> None:
     """Kill the container's process (SIGKILL, waiting until it is gone) and delete its record and files."""
     if container.state is not None:
-        kill_process(int(container.state["pid"]), container.state.get("start"))
+        pid, start = int(container.state["pid"]), container.state.get("start")
+        session = session_of(pid) if alive(pid, start) else None
+        kill_process(pid, start)
+        if session is not None:  # the node's session: its pods' processes
+            kill_session(session)
     (container.dir / RECORD).unlink(missing_ok=True)
     shutil.rmtree(container.dir, ignore_errors=True)
 

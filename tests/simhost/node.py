@@ -42,13 +42,6 @@ def bind(mapping: dict[str, Any]) -> socket.socket:
     return sock
 
 
-def refuse(sock: socket.socket) -> None:
-    """Accept and close connections to a published TCP port (nothing listens behind it in the node)."""
-    while True:
-        conn, _ = sock.accept()
-        conn.close()
-
-
 def answer_gateway_probes(sock: socket.socket, container_port: int) -> None:
     """Answer the simulated liqoctl's probes on a published UDP port with the node port it forwards to.
 
@@ -64,7 +57,7 @@ def answer_gateway_probes(sock: socket.socket, container_port: int) -> None:
 def main(argv: list[str]) -> int:
     """Run the node container whose directory is ``argv[1]``, reporting readiness on fd ``argv[2]``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.simhost import apiserver, common
+    from tests.simhost import apiserver, common, services
 
     cdir, ready_fd = Path(argv[1]), int(argv[2])
     pid = os.getpid()
@@ -81,12 +74,16 @@ def main(argv: list[str]) -> int:
         return 1
     api_socket = next(sock for mapping, sock in sockets if mapping.get("api"))
     address = api_socket.getsockname()
-    server = apiserver.make_server(api_socket, spec["api"], str(cdir / "pki"), sys.stdout)
+    record = common.read_json(cdir / common.RECORD) or {}
+    server = apiserver.make_server(api_socket, spec["api"], str(cdir / "pki"), sys.stdout, cdir,
+                                   record.get("mounts") or [])
     for mapping, sock in sockets:
         if mapping.get("api"):
             continue
-        if mapping["protocol"] == "tcp":
-            threading.Thread(target=refuse, args=(sock,), daemon=True).start()
+        if mapping["protocol"] == "tcp":  # kube-proxy: a NodePort Service on this port forwards to its pods
+            threading.Thread(target=services.serve_node_port, args=(
+                sock, server.cluster.store, spec["api"]["node_name"], int(mapping["container_port"])),
+                daemon=True).start()
         else:
             threading.Thread(target=answer_gateway_probes, args=(sock, int(mapping["container_port"])),
                              daemon=True).start()
