@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from tests.simhost import liqochart
 from tests.simhost.common import NOT_MODELLED_EXIT, alive
 from tests.simhost.plugin import SimHost
 
@@ -534,8 +535,8 @@ def test_liqoctl_install_and_peer_add_a_ready_virtual_node(simhost: SimHost, tmp
   extraPortMappings:
   - {{containerPort: 30051, hostPort: {gateway}, protocol: UDP}}
 """)))
-    chart = tmp_path / "chart"
-    chart.mkdir()
+    chart = tmp_path / "liqo-v1.0.0.tgz"  # Liqo's packaged chart, as `ksi images save` keeps it
+    chart.write_bytes(liqochart.package("v1.0.0"))
     for kubeconfig, cluster_id in ((consumer, "milan"), (provider, "rome")):
         server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
         installed = run(simhost, "liqoctl", "install", "kind", "--cluster-id", cluster_id, "--kubeconfig",

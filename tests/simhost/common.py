@@ -34,8 +34,9 @@ RECORD = "record.json"  # what `nerdctl run` knows about a container, written on
 STATE = "state.json"  # what the node-container process says about itself (pid, exit)
 
 FAULT_OPS = frozenset({
-    "kind-create", "kind-delete",
-    "nerdctl-ps", "nerdctl-rm", "nerdctl-info", "nerdctl-inspect",
+    "kind-create", "kind-delete", "kind-load",
+    "nerdctl-ps", "nerdctl-rm", "nerdctl-info", "nerdctl-inspect", "nerdctl-pull", "nerdctl-save", "nerdctl-load",
+    "registry",  # every contact with a registry or chart repository: fail = no network
     "liqoctl-install", "liqoctl-peer", "liqoctl-unpeer",
     "api-token",  # the node container's API server answering a TokenRequest (set when the cluster is created)
 })

@@ -1,6 +1,7 @@
 """Simulated kind (v0.27 by default) with its nerdctl provider.
 
-Modelled: ``create cluster``, ``delete cluster``, ``get clusters|nodes|kubeconfig``, ``version``, the global
+Modelled: ``create cluster`` (pulling a missing node image), ``delete cluster``, ``get
+clusters|nodes|kubeconfig``, ``load image-archive`` (:mod:`tests.simhost.kind_images`), ``version``, the global
 ``-v`` and ``-q`` flags, provider selection by KIND_EXPERIMENTAL_PROVIDER (and autodetection), and kind's
 kubeconfig handling. The nerdctl provider runs the simulated nerdctl in-process: the same records, the
 same faults; other providers fail as they do where their binary is missing.
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tests.simhost import kindconfig, kubeconfig, nerdctl, pki
+from tests.simhost import kind_images, kindconfig, kubeconfig, nerdctl, nerdctl_images, pki
 from tests.simhost.common import (
     Container,
     Flag,
@@ -109,7 +110,7 @@ class Provider:
             raise NotModelled(f"kind on a working {self.binary} (only the simulated nerdctl is modelled)")
         try:
             return action()
-        except nerdctl.NerdctlFailure as exc:
+        except nerdctl_images.NerdctlFailure as exc:
             raise ExecError(argv, "exit status 1", exc.message) from None
 
     def info(self) -> dict[str, object]:
@@ -376,7 +377,10 @@ def create(values: dict[str, object], log: Log, provider: Provider) -> None:
         return KindError(f"failed to create cluster: {message}")
 
     log.info(f'Creating cluster "{cluster.name}" ...')
-    log.step(f"Ensuring node image ({cluster.nodes[0].image.split('@')[0]}) 🖼")
+    try:
+        kind_images.ensure_node_image(log, provider, cluster.nodes[0].image, ExecError)
+    except kind_images.Failure as exc:
+        raise KindError(f"failed to create cluster: {exc}") from None
     log.start("Preparing nodes 📦 ")
     try:
         container = provision(cluster, provider)
@@ -440,6 +444,7 @@ COMMANDS: dict[tuple[str, ...], list[Flag]] = {
     ("get", "clusters"): [],
     ("get", "nodes"): [Flag("name", "n")],
     ("get", "kubeconfig"): [Flag("name", "n"), Flag("internal", kind="bool")],
+    ("load", "image-archive"): [Flag("name", "n"), Flag("nodes", kind="list")],
     ("version",): [],
 }
 
@@ -466,7 +471,8 @@ def run(args: list[str]) -> int:
     if words not in COMMANDS:
         raise NotModelled(f"command {' '.join(words) or '(none)'!r}")
     values, positional = parse_flags(args, GLOBAL_FLAGS + COMMANDS[words])
-    if positional != list(words):
+    operands = positional[len(words):] if words == ("load", "image-archive") else []
+    if positional[:len(positional) - len(operands)] != list(words):
         raise SimError(f'ERROR: unknown command "{positional[len(words)]}" for "kind {" ".join(words)}"')
     if not re.fullmatch(r"-?\d+", str(values.get("verbosity", "0"))):
         raise SimError(f'ERROR: invalid argument "{values["verbosity"]}" for "-v, --verbosity" flag: '
@@ -496,6 +502,12 @@ def run(args: list[str]) -> int:
                 delete_cluster(log, provider, name, str(values.get("kubeconfig") or ""))
             except KindError as exc:
                 raise KindError(f'failed to delete cluster "{name}": {exc}') from None
+        elif words == ("load", "image-archive"):
+            nodes = [n for item in values.get("nodes", []) for n in item.split(",") if n]
+            try:
+                kind_images.load_image_archive(log, provider, name, operands, nodes)
+            except kind_images.Failure as exc:
+                raise KindError(str(exc)) from None
         elif words == ("get", "clusters"):
             try:
                 clusters = provider.list_clusters()

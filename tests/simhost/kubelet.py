@@ -2,12 +2,13 @@
 
 A container's command runs with the pod's environment in its own process group, in the node container's
 session, so that removing the node container kills it (as the runtime kills a container's pid namespace).
-The image is ignored. Volume paths are rewritten: a ``hostPath`` volume maps through the node's mounts
+Volume paths are rewritten: a ``hostPath`` volume maps through the node's mounts
 (kind's extraMounts, e.g. the shared directory at /app) to a path on this host, an ``emptyDir`` to a
 directory of the pod; the container's command, arguments, environment values and working directory get,
 wherever they name the mount path, a link to that host path (under the node's state directory, a path
 without spaces or quotes, so that shell scripts keep their words). stdout and stderr go to the container's log file
-(``pods/log``). Faults come from KSI_SIM_FAULTS (``pod/GLOB[@HOST]:MODE``, see common.PodFault).
+(``pods/log``). Faults come from KSI_SIM_FAULTS (``pod/GLOB[@HOST]:MODE``, see common.PodFault). Before
+its containers start, their images must be in the node's store or be pulled (:mod:`tests.simhost.pulls`).
 Standard library only (the node-container process runs with ``python -S``).
 """
 
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.simhost import pulls
 from tests.simhost.apimodel import NODES, PODS, ApiError, Obj, glob_match, not_modelled, rfc3339
 from tests.simhost.common import PodFault, pod_faults
+from tests.simhost.registry import ImageStore
 
 if TYPE_CHECKING:
     from tests.simhost.apistore import Store
@@ -89,6 +92,7 @@ class Kubelet:
         self.lost = False
         self.log = log
         self.faults: list[PodFault] = pod_faults()
+        self.images = ImageStore(cdir)  # the node's containerd (k8s.io namespace)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -236,6 +240,12 @@ class Kubelet:
         if fault and fault.mode == "slow":
             time.sleep(fault.value)
         self.pod_dir(pod).mkdir(parents=True, exist_ok=True)
+        missing = pulls.unavailable(pod, self.images)
+        if missing:  # Pending with ErrImagePull, for good (no back-off in the simulation)
+            self.set_status(pod, lambda status: pulls.waiting_status(status, missing))
+            self.say(f"pod {run.namespace}/{name}: " + "; ".join(f"{c}: {r}: {m}" for c, (r, m) in missing.items()))
+            self.running.pop(run.uid, None)
+            return
         started = rfc3339()
         failures: dict[str, tuple[int, str, str]] = {}
         for container in pod["spec"]["containers"]:

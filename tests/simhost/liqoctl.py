@@ -15,11 +15,9 @@ import dataclasses
 import json
 import os
 import re
-import secrets
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -133,67 +131,6 @@ def apply_fault(op: str, message: str) -> None:
     """Apply the KSI_SIM_FAULTS fault for ``op``."""
     if delay_or_fail(op):
         raise LiqoError(f"{message}: context deadline exceeded (simulated by KSI_SIM_FAULTS)")
-
-
-def install(values: dict[str, Any]) -> None:
-    """Run ``liqoctl install kind``: record Liqo (namespace, cluster ID, version) in the cluster."""
-    parse_duration(str(values.get("timeout", "10m")), "timeout")
-    chart = values.get("local-chart-path")
-    if chart and not Path(chart).exists():
-        raise LiqoError(f'Failed installing or upgrading Liqo: path "{chart}" not found')
-    chart_values: dict[str, str] = {}
-    for item in values.get("set", []) + values.get("set-string", []):
-        for pair in item.split(","):
-            if "=" not in pair:
-                raise LiqoError(f'failed parsing --set data: key "{pair}" has no value')
-            key, _, value = pair.partition("=")
-            chart_values[key] = value
-    for path in values.get("values", []):
-        if not Path(path).is_file():
-            raise LiqoError(f"open {path}: no such file or directory")
-    cluster_id = values.get("cluster-id") or f"cluster-{secrets.token_hex(3)}"
-    if not CLUSTER_ID.match(cluster_id) or len(cluster_id) > 63:
-        raise LiqoError(f'invalid argument "{cluster_id}" for "--cluster-id" flag: the cluster ID must be a valid '
-                        "RFC 1123 label")
-    namespace = values.get("namespace") or "liqo"
-    client = connect(values.get("kubeconfig", ""), values.get("context"), "local")
-    apply_fault("liqoctl-install", "Failed installing or upgrading Liqo: timed out waiting for the condition")
-    say("Kubernetes clients successfully initialized")
-    existing = installation(client, namespace, "local")
-    if existing is not None and values.get("cluster-id") and existing.get("CLUSTER_ID") != cluster_id:
-        raise LiqoError(f"the cluster ID cannot be changed once Liqo is installed: it is "
-                        f"\"{existing.get('CLUSTER_ID')}\", not \"{cluster_id}\"")
-    say("Installer initialized")
-    data = {"CLUSTER_ID": existing.get("CLUSTER_ID", cluster_id) if existing else cluster_id,
-            "VERSION": values.get("version") or version(), "CLUSTER_LABELS": values.get("cluster-labels") or "",
-            API_ADDRESS: advertised_api(client, chart_values.get("apiServer.address", ""))}
-    call(client, "POST", "/api/v1/namespaces", "local", {"metadata": {"name": namespace}}, accept=(201, 409))
-    base = f"/api/v1/namespaces/{namespace}/configmaps"
-    if existing is not None:
-        call(client, "DELETE", f"{base}/{CLUSTER_ID_CONFIGMAP}", "local", accept=(200, 404))
-    call(client, "POST", base, "local", {"metadata": {"name": CLUSTER_ID_CONFIGMAP, "labels": {
-        "liqo.io/clusterid-configmap": "true"}}, "data": data})
-    say("Cluster configuration correctly retrieved")
-    say("Installation parameters correctly generated")
-    say(f"All Set! Liqo {data['VERSION']} is installed with cluster ID \"{data['CLUSTER_ID']}\". You can now proceed "
-        "establishing a peering (liqoctl peer --help for more information)")
-
-
-def advertised_api(client: KubeClient, override: str) -> str:
-    """Return the API address this installation hands to its consumers, as Liqo's GetURL picks it.
-
-    ``apiServer.address`` if set (https:// added when missing), else the first control-plane node's
-    InternalIP with port 6443: for kind, the node container's address, which no other host can reach.
-    """
-    if override:
-        return override if override.startswith("https://") else f"https://{override}"
-    _, nodes = call(client, "GET", "/api/v1/nodes?labelSelector=node-role.kubernetes.io/control-plane", "local")
-    for node in nodes.get("items", []):
-        for address in node.get("status", {}).get("addresses", []):
-            if address.get("type") == "InternalIP":
-                return f"https://{address['address']}:6443"
-    raise LiqoError("no ApiServer.Address variable provided and no master node found, one of the two values must "
-                    "be present")
 
 
 def remote_api_condition(remote: KubeClient, advertised: str) -> tuple[str, str]:
@@ -467,6 +404,8 @@ def run(args: list[str]) -> int:
                     raise LiqoError("Unable to retrieve the Liqo server version: release: not found")
                 print(f"Server version: {found.get('VERSION', version())}")
         else:
+            from tests.simhost.liqoctl_install import install  # it uses this module's helpers
+
             {"install": install, "peer": peer, "unpeer": unpeer, "info": info}[command](values)
     except LiqoError as exc:
         print(f" ERROR  {exc}", file=sys.stderr)

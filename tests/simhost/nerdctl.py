@@ -1,6 +1,8 @@
 """Simulated rootless nerdctl 2.x: container records per host and user, and the commands ksi and kind use.
 
-Modelled commands: ``-v``, ``version``, ``info``, ``ps``, ``rm``, ``inspect``. ``run`` is not a command
+Modelled commands: ``-v``, ``version``, ``info``, ``ps``, ``rm``, ``inspect`` (containers; images with
+``--type=image``), and the image commands of :mod:`tests.simhost.nerdctl_images`: ``pull``, ``save``,
+``load``, ``image inspect``. ``run`` is not a command
 here: kind starts its node containers through :func:`run_node`, which does what ``nerdctl run -d`` does
 for a kind node (mounts, published ports, a detached process).
 """
@@ -21,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.simhost import nerdctl_images
 from tests.simhost.common import (
     NODE_SCRIPT,
     RECORD,
     Container,
     Flag,
     NotModelled,
-    SimError,
     alive,
     delay_or_fail,
     kill_process,
@@ -41,6 +43,7 @@ from tests.simhost.common import (
     state_dir,
     write_json,
 )
+from tests.simhost.nerdctl_images import fatal
 
 VERSION = "2.0.3"
 CONTAINERD_VERSION = "v2.0.2"
@@ -49,13 +52,6 @@ NODE_COMMAND = ["/usr/local/bin/entrypoint", "/sbin/init"]
 READY_TIMEOUT = 30.0
 
 
-class NerdctlFailure(SimError):
-    """nerdctl failed; ``message`` is its stderr (logrus lines), the exit status is 1."""
-
-
-def fatal(message: str) -> NerdctlFailure:
-    """Return the failure nerdctl reports with ``level=fatal``."""
-    return NerdctlFailure(logrus("fatal", message))
 
 
 def apply_fault(op: str) -> None:
@@ -487,10 +483,17 @@ def run(args: list[str]) -> int:
                 return 0
             raise fatal(message)
         return 0
+    if command in ("pull", "save", "load", "image"):
+        return nerdctl_images.run(command, rest)
     if command == "inspect":
-        values, names = parse_flags(rest, [Flag("format", "f")])
+        values, names = parse_flags(rest, [Flag("format", "f"), Flag("type")])
         if values.get("format") not in (None, "{{json .}}") or not names:
             raise NotModelled("inspect arguments")
+        if values.get("type") == "image":
+            nerdctl_images.image_inspect(names, values.get("format"))
+            return 0
+        if values.get("type") not in (None, "container"):
+            raise NotModelled(f"inspect --type {values['type']}")
         apply_fault("nerdctl-inspect")
         pool = containers()
         objects, missing = [], []

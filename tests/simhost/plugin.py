@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
+from tests.simhost import registry
 from tests.simhost.common import ENV_ROOT, NODE_SCRIPT, SIMHOST_DIR, alive, load_containers, process_start
+from tests.simhost.helmrepo import HelmRepo
 
 BIN_DIR = SIMHOST_DIR / "bin"
 ROOT_PARENT = Path(os.environ.get("KSI_SIM_TEST_TMP") or "/var/tmp")
@@ -62,6 +64,10 @@ class SimHost:
                     "alive": container.state is not None and alive(int(state["pid"]), state.get("start")),
                     "status": container.status, "pid": container.pid, "dir": str(container.dir)})
         return found
+
+    def registry_contacts(self) -> list[dict[str, Any]]:
+        """Return every attempt of a simulated program (or the chart repository) to reach a registry."""
+        return registry.contacts(self.root)
 
     def live_processes(self) -> list[int]:
         """Return the pids of node-container processes of this root that still run (records or not)."""
@@ -188,3 +194,12 @@ def simhost(request: pytest.FixtureRequest) -> Iterator[SimHost]:
         else:
             shutil.rmtree(root, ignore_errors=True)
 
+
+@pytest.fixture
+def helm_repo(simhost: SimHost) -> Iterator[HelmRepo]:
+    """Liqo's chart repository (v1.0.0 and v1.0.1) on loopback, recording requests as registry contacts."""
+    repo = HelmRepo(simhost.root, ("v1.0.0", "v1.0.1")).start()
+    try:
+        yield repo
+    finally:
+        repo.stop()
