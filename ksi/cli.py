@@ -14,6 +14,7 @@ from ksi.host.signals import SignalGuard
 from ksi.host.slurm import context, node_name
 from ksi.settings import Settings
 
+DEFAULT_CACHE = "ksi-images"  # ksi.images.manifest.DEFAULT_DIR, named here without importing it
 _log = log.get(__name__)
 
 
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-image", help="kind node image (default: $KSI_NODE_IMAGE, else the pinned one)")
     run.add_argument("--systemd-scope", choices=("auto", "always", "never"),
                      help="run kind under `systemd-run --user --scope` (default: $KSI_SYSTEMD_SCOPE or auto)")
+    run.add_argument("--image-cache", metavar="DIR",
+                     help="load images from DIR, written by `ksi images save`; contact no registry "
+                     "(default: $KSI_IMAGE_CACHE, else pull what is missing)")
     run.add_argument("--no-clean-stale", dest="clean_stale", action="store_false", default=None,
                      help="do not remove your stale clusters on this node first (default: $KSI_CLEAN_STALE or do)")
 
@@ -77,6 +81,32 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--job", metavar="ID", help="the clusters of Slurm job ID, whatever their state")
     which.add_argument("--all", action="store_true", help="every ksi cluster of yours on this node")
     clean.add_argument("--dry-run", action="store_true", help="print what would be deleted; change nothing")
+
+    images = commands.add_parser(
+        "images", help="save the images runs need to shared storage (for nodes without internet); list them",
+        description="`ksi images save` (where there is internet) writes the kind node image, Liqo's chart and "
+        "images, and workload images into a cache directory on shared storage; `ksi run --image-cache DIR` "
+        "then loads them on every node and contacts no registry.")
+    verbs = images.add_subparsers(dest="images_command", required=True, metavar="VERB")
+    save = verbs.add_parser(
+        "save", parents=[verbose], help="save the node image, Liqo's chart and images, and IMAGEs into the cache",
+        description="Save the kind node image ksi uses, Liqo's chart for the liqoctl here (or --liqo-version) "
+        "with every image the chart names, and each IMAGE, as archives with a manifest (reference, digest, "
+        "file, size, sha256, purpose) in DIR. What is saved already and verifies is kept; workload images "
+        "saved before are kept too.")
+    save.add_argument("images", metavar="IMAGE", nargs="*", help="workload image to save as well")
+    save.add_argument("--dir", help=f"the cache directory (default: $KSI_IMAGE_CACHE, else ./{DEFAULT_CACHE})")
+    save.add_argument("--node-image", help="kind node image (default: $KSI_NODE_IMAGE, else the pinned one)")
+    save.add_argument("--liqo-version", metavar="VERSION",
+                      help="Liqo release to save (default: the version of liqoctl on PATH)")
+    show = verbs.add_parser(
+        "list", parents=[verbose], help="what the cache holds and whether it is complete for this ksi",
+        description="List the cache's entries and the state of their files; say whether it has everything a "
+        "run of this ksi needs (the node image it uses, Liqo's chart and images for the liqoctl here). Exit 0 "
+        "when complete, 3 when not.")
+    show.add_argument("--dir", help=f"the cache directory (default: $KSI_IMAGE_CACHE, else ./{DEFAULT_CACHE})")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.add_argument("--verify", action="store_true", help="also check every file's sha256")
 
     doctor = commands.add_parser(
         "doctor", help="check that this node can run ksi",
@@ -105,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(words[: words.index("--")] if "--" in words else words)
     args.workload_args = workload_args
     node = node_name(os.environ)
-    commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor}
+    commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor, "images": _images}
     try:
         return commands[args.command](args, node)
     except KsiError as exc:
@@ -123,7 +153,8 @@ def _run(args: argparse.Namespace, node: str) -> int:
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
     overrides = {k: v for k, v in (("node_image", args.node_image), ("systemd_scope", args.systemd_scope),
-                                   ("clean_stale", None if args.clean_stale is None else "0")) if v is not None}
+                                   ("clean_stale", None if args.clean_stale is None else "0"),
+                                   ("image_cache", args.image_cache)) if v is not None}
     options = RunOptions(args.workload, tuple(extra), args.shared_dir, args.port, overrides)
     guard = SignalGuard()
     environ = dict(os.environ)
@@ -140,6 +171,31 @@ def _run(args: argparse.Namespace, node: str) -> int:
         except Exception:
             _log.exception("internal error; please report it with the run directory's ksi.log")
             return EXIT_FAILURE
+
+
+def _images(args: argparse.Namespace, node: str) -> int:
+    from ksi import settings as settings_mod
+    from ksi.launch.preflight import kind_environment
+
+    log.setup(node, verbose=args.verbose)
+    environ = dict(os.environ)
+    overrides = {"node_image": args.node_image} if getattr(args, "node_image", None) else {}
+    settings, problems = settings_mod.load(environ, overrides)
+    if problems:
+        raise ChecksFailed(problems)
+    kind_env = kind_environment(settings, environ)
+    if args.images_command == "list":
+        from ksi.images.report import show
+
+        return show(args.dir, settings, kind_env, node, as_json=args.json, verify=args.verify)
+    from ksi.images.save import save
+
+    with SignalGuard().installed():  # a stop signal kills the pull or save under way, as in `ksi run`
+        try:
+            return save(args.dir, args.images, args.liqo_version, settings, kind_env)
+        except Interrupted as exc:
+            _log.info("images: stopped by %s; what was saved so far is in the manifest", exc.name)
+            return exc.exit_code
 
 
 def _node_settings(environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:

@@ -67,9 +67,22 @@ def _state_dir(text: str) -> Path:
     return path
 
 
-def _existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
-        raise ValueError("is not an existing directory (a local copy of Liqo's Helm chart)")
+def _chart(text: str) -> str:
+    path = Path(text)
+    if not (path.is_dir() or (path.is_file() and path.name.endswith((".tgz", ".tar.gz")))):
+        raise ValueError("is neither a directory nor a .tgz (a local copy of Liqo's Helm chart)")
+    return text
+
+
+def _cache_dir(text: str) -> str:
+    if not Path(text).expanduser().is_dir():
+        raise ValueError("is not an existing directory (an image cache written by `ksi images save`)")
+    return str(Path(text).expanduser().absolute())
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("https://", "http://")):
+        raise ValueError("is not an http(s) URL")
     return text
 
 
@@ -111,7 +124,8 @@ class Settings:
     node_image: str = setting("KSI_NODE_IMAGE", _not_empty, DEFAULT_NODE_IMAGE, "kind node image, pinned by digest")
     systemd_scope: str = setting("KSI_SYSTEMD_SCOPE", _choice(SCOPE_CHOICES), "auto",
                                  "run kind under `systemd-run --user --scope`")
-    create_timeout: float = setting("KSI_CREATE_TIMEOUT", _seconds, 600.0, "seconds for `kind create cluster`")
+    create_timeout: float = setting("KSI_CREATE_TIMEOUT", _seconds, 600.0,
+                                    "seconds for `kind create cluster` (and for each image pull, save or load)")
     kind_wait: float = setting("KSI_KIND_WAIT", _seconds, 180.0, "seconds kind waits for the control plane (--wait)")
     teardown_timeout: float = setting("KSI_TEARDOWN_TIMEOUT", _seconds, 20.0, "seconds for deleting a cluster")
     grace_period: float = setting("KSI_GRACE_PERIOD", _seconds, 5.0,
@@ -131,10 +145,15 @@ class Settings:
     install_timeout: float = setting("KSI_INSTALL_TIMEOUT", _seconds, 600.0, "seconds for `liqoctl install kind`")
     peer_timeout: float = setting("KSI_PEER_TIMEOUT", _seconds, 600.0,
                                   "seconds for `liqoctl peer` and the virtual node becoming Ready")
-    liqo_chart: str = setting("KSI_LIQO_CHART", _existing_dir, "",
-                              "local copy of Liqo's Helm chart, for nodes without internet access")
+    liqo_chart: str = setting("KSI_LIQO_CHART", _chart, "",
+                              "local copy of Liqo's Helm chart (a directory or .tgz) instead of the online one")
     node_address: str = setting("KSI_NODE_ADDRESS", _ipv4, "",
                                 "the address other nodes reach this node at (default: that of the default route)")
+    # Images from shared storage (`ksi images save`, `ksi run --image-cache`):
+    image_cache: str = setting("KSI_IMAGE_CACHE", _cache_dir, "",
+                               "image cache written by `ksi images save`; runs load every image from it")
+    liqo_chart_repo: str = setting("KSI_LIQO_CHART_REPO", _url, "https://helm.liqo.io/",
+                                   "Helm repository `ksi images save` downloads Liqo's chart from")
 
 
 def env_name(name: str) -> str:

@@ -25,6 +25,7 @@ from ksi.errors import KsiError, UsageError
 from ksi.host.poll import completed
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext, expand_nodelist
+from ksi.images.load import NodeImages
 from ksi.launch.lifecycle import Lifecycle, Phases, RunOptions, job_end_lookup, workload_environment
 from ksi.launch.preflight import Plan, kind_environment, run_checks
 from ksi.launch.rendezvous import (
@@ -120,17 +121,18 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
     _log.info("checks: ok in %.2f s (rank %d of %d, %s, address %s)", phases.seconds["checks"], me.rank, me.size,
               role, plan.node_address)
     with Lifecycle(guard, phases) as life:
+        images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         if settings.clean_stale:
             remove_stale(settings, kind_env)
-        up = bring_up(me, life)
+        up = bring_up(me, life, images)
         life.status = lead(me, life, up) if me.leads else follow(me, life, up)
     return life.status
 
 
 # --- every node ---------------------------------------------------------------------------------------------
 
-def bring_up(me: NodeRun, life: Lifecycle) -> Up:
-    """Join the run, create this node's cluster, install Liqo, and tell the others it is ready."""
+def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
+    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready."""
     rdv, port, gateway = open_as_leader(me, life) if me.leads else join_as_follower(me, life)
     beat = Heartbeat(rdv)
     beat.start()
@@ -147,20 +149,24 @@ def bring_up(me: NodeRun, life: Lifecycle) -> Up:
                           me.plan.kind_wrapper, me.kind_env, life.teardown)
     issue_token = _prepare_access(me) if me.leads else None
     with life.phases.phase("create"):
+        images.node_image_ready()
         api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,))
     _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", me.cluster_name,
               life.phases.seconds["create"], port, api)
+    images.start_cluster(me.cluster_name, liqo=True)
     member = Member(me.rank, me.node, me.cluster_name, cluster.kubeconfig, me.plan.node_address)
     # The leader's API access (a few API calls) goes on while Liqo installs.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="access") as pool:
         granting = pool.submit(issue_token, cluster) if issue_token is not None else None
         with life.phases.phase("liqo install", record, api=api):
+            images.liqo_ready()
             Liqoctl(me.kind_env).install_kind(member.endpoint, api, timeout=me.settings.install_timeout,
-                                              chart=me.settings.liqo_chart)
+                                              chart=images.chart or me.settings.liqo_chart)
         _log.info("liqo install: done in %.2f s", life.phases.seconds["liqo install"])
         grant = next(completed([granting])).result() if granting is not None else None
         if grant is not None:
             _log.info("access: token valid until %s", grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    images.ready()
     rdv.publish(ready(me.rank), {"cluster": me.cluster_name, "kubeconfig": str(cluster.kubeconfig),
                                  "address": me.plan.node_address, "api": api})
     return Up(rdv, cluster, member, api, port, gateway, grant)

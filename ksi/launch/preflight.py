@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ksi import log
 from ksi.cluster.rundir import check_shared_dir
@@ -14,6 +15,7 @@ from ksi.cluster.workload import Workload, resolve
 from ksi.errors import (
     EXIT_PREREQUISITE,
     EXIT_TOOL_MISSING,
+    EXIT_USAGE,
     ChecksFailed,
     KsiError,
     Problem,
@@ -26,6 +28,9 @@ from ksi.settings import Settings, env_name
 from ksi.tools import proc
 from ksi.tools.kind import Kind
 from ksi.tools.liqoctl import MAJOR, Liqoctl
+
+if TYPE_CHECKING:
+    from ksi.images.plan import Supply
 
 _log = log.get(__name__)
 
@@ -40,6 +45,7 @@ class Plan:
     kind_version: tuple[int, int, int]
     kind_wrapper: tuple[str, ...]
     node_address: str = "127.0.0.1"
+    images: Supply | None = None  # the image cache's entries this run uses (None: the registries)
 
 
 def run_checks(
@@ -78,14 +84,17 @@ def run_checks(
         problems.append(state_problem)
     wrapper = cgroups.scope_wrapper(settings.systemd_scope)
     problems += system_problems(wrapper, kind_env)
-    # The version checks start a process each: run them side by side.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="checks") as pool:
+    # The version checks start a process each, the image checks may hash archives: run them side by side.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="checks") as pool:
         tools = pool.submit(tool_checks, settings.provider, kind_env)
-        liqo = pool.submit(liqo_problems, kind_env) if multinode else None
+        liqo = pool.submit(liqo_check, kind_env) if multinode else None
+        images = pool.submit(image_checks, settings, kind_env, liqo)
         version, tool_problems = tools.result()
         problems += tool_problems
         if liqo is not None:
-            problems += liqo.result()
+            problems += liqo.result()[1]
+        supply, image_problems = images.result()
+        problems += image_problems
     address = "127.0.0.1"
     if multinode:
         found = node_address(settings.node_address)
@@ -99,7 +108,7 @@ def run_checks(
     assert isinstance(resolved, Workload) and isinstance(shared, Path) and not isinstance(chosen, Problem)
     if runs_workload and resolved.via_bash:
         _log.info("checks: %s %s; running it with bash", resolved.path, resolved.via_bash)
-    return Plan(resolved, shared, chosen, version, wrapper, address)
+    return Plan(resolved, shared, chosen, version, wrapper, address, supply)
 
 
 def wanted_port(port: str | None, environ: Mapping[str, str]) -> int | Problem | None:
@@ -156,23 +165,54 @@ def tool_checks(provider: str, kind_env: Mapping[str, str]) -> tuple[tuple[int, 
     return version, problems
 
 
+def image_checks(settings: Settings, kind_env: Mapping[str, str],
+                 liqo: concurrent.futures.Future[tuple[str | None, list[Problem]]] | None,
+                 ) -> tuple[Supply | None, list[Problem]]:
+    """Check where this run's images come from; return the cache's Supply (None without a cache) and problems.
+
+    With a cache: every archive the run needs is there and intact. Without: this node's store holds the
+    node image, pulled now if missing. Skipped when the container runtime is missing (tool_checks says so).
+    """
+    from ksi.images.plan import check_cache, check_registry
+    from ksi.tools.nerdctl import Nerdctl
+
+    if proc.which(settings.provider, kind_env) is None:
+        return None, []
+    nerdctl = Nerdctl(kind_env)
+    if settings.image_cache:
+        liqo_version = (lambda: liqo.result()[0]) if liqo is not None else None
+        supply, problems = check_cache(Path(settings.image_cache), settings.node_image, liqo_version,
+                                       settings.state_dir, nerdctl)
+        if liqo is not None and settings.liqo_chart:
+            problems.append(Problem(EXIT_USAGE, f"{env_name('liqo_chart')} and the image cache both give Liqo's "
+                                    "chart", f"unset {env_name('liqo_chart')}: the cache's chart is the one its "
+                                    "images were saved for"))
+        return supply, problems
+    return None, check_registry(settings.node_image, nerdctl, settings.create_timeout)
+
+
 def liqo_problems(kind_env: Mapping[str, str]) -> list[Problem]:
-    """Check that liqoctl v1 is on PATH and its ``peer`` has the gateway flags ksi uses (multi-node runs).
+    """Check that liqoctl v1 is on PATH and its ``peer`` has the gateway flags ksi uses (multi-node runs)."""
+    return liqo_check(kind_env)[1]
+
+
+def liqo_check(kind_env: Mapping[str, str]) -> tuple[str | None, list[Problem]]:
+    """Return liqoctl's version as it writes it (``v1.0.1``) and the problems with it (multi-node runs).
 
     Runs ``liqoctl version --client`` and ``liqoctl peer --help`` (:meth:`ksi.tools.liqoctl.Liqoctl.client`).
     """
     fix = f"install liqoctl v{MAJOR}.x (see setup/README.md) and put it on PATH"
     if proc.which("liqoctl", kind_env) is None:
-        return [Problem(EXIT_TOOL_MISSING, "liqoctl not found on PATH (a multi-node run peers its clusters with Liqo)",
-                        fix)]
+        return None, [Problem(EXIT_TOOL_MISSING, "liqoctl not found on PATH (a multi-node run peers its clusters "
+                              "with Liqo)", fix)]
     try:
         client = Liqoctl(kind_env).client()
     except KsiError as exc:
-        return [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
+        return None, [Problem(EXIT_TOOL_MISSING, exc.message, fix)]
     if client.usable:  # the rule `ksi doctor` applies too
-        return []
+        return client.shown if client.shown.startswith("v") else f"v{client.shown}", []
     if client.wrong_major:
-        return [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} is not a Liqo v{MAJOR} client", fix)]
-    return [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} has no {', '.join(client.missing_flags)} on "
-                    "`liqoctl peer` (the gateway set-up behind the rootless NAT)",
-                    f"install a newer liqoctl v{MAJOR} (v1.0.1 or later)")]
+        return None, [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} is not a Liqo v{MAJOR} client", fix)]
+    return None, [Problem(EXIT_TOOL_MISSING, f"liqoctl {client.shown} has no {', '.join(client.missing_flags)} on "
+                          "`liqoctl peer` (the gateway set-up behind the rootless NAT)",
+                          f"install a newer liqoctl v{MAJOR} (v1.0.1 or later)")]

@@ -13,6 +13,7 @@ from ksi.cluster.node import NodeCluster
 from ksi.errors import UsageError
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext
+from ksi.images.load import NodeImages
 from ksi.launch.lifecycle import Lifecycle, Phases, RunOptions, job_end_lookup, workload_environment
 from ksi.launch.preflight import kind_environment, run_checks
 
@@ -36,6 +37,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
               ", under systemd-run --scope" if plan.kind_wrapper else "")
 
     with Lifecycle(guard, phases) as life:
+        images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         name, run_dir = rundir.create(plan.shared_dir, slurm.job_id)
         log.attach_file(run_dir / rundir.KSI_LOG)
         _log.info("run directory: %s", run_dir)
@@ -51,15 +53,18 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         importing = access.warm_import()
         job_end = job_end_lookup(slurm, environ)
         with phases.phase("create"):
+            images.node_image_ready()
             api = cluster.create(port)
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", name, phases.seconds["create"],
                   port, api)
+        images.start_cluster(name, liqo=False)
         with phases.phase("access", record, api=api):
             importing.join()
             grant = cluster.grant_access(job_end.result())
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
 
+        images.ready()
         with phases.phase("workload", record):
             _log.info("workload: starting %s", plan.workload.path)
             status, stopped_by = workload.run(plan.workload, workload_environment(environ, cluster, api, port, grant),

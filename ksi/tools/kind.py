@@ -52,6 +52,11 @@ class Kind:
             argv += ["--kubeconfig", str(kubeconfig)]
         return proc.run(argv, env=self._env, timeout=timeout, check=False, shielded=True, step="teardown")
 
+    def load_image_archives(self, name: str, archives: list[Path], *, timeout: float) -> None:
+        """Run ``kind load image-archive --name NAME ARCHIVE...`` into every node of cluster ``name``."""
+        proc.run(["kind", "load", "image-archive", "--name", name, *map(str, archives)], env=self._env,
+                 timeout=timeout, step="images")
+
     def clusters(self, *, timeout: float = 30.0) -> list[str]:
         """Run ``kind get clusters`` and return the names."""
         out = proc.run(["kind", "get", "clusters"], env=self._env, timeout=timeout, step="list").stdout

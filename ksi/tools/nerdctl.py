@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
-from ksi.errors import KsiError
+from ksi.errors import CommandFailed, KsiError
 from ksi.tools import proc
 from ksi.tools.runtime import CLUSTER_LABEL, Container
 
@@ -49,6 +50,37 @@ class Nerdctl:
         """Run ``nerdctl rm -f -v`` on ``containers`` (shielded from stop signals: it is teardown)."""
         if containers:
             self._run("rm", "-f", "-v", *[c.id or c.name for c in containers], timeout=timeout, shielded=True)
+
+    def image_digests(self, image: str, *, timeout: float = 30.0) -> list[str] | None:
+        """Run ``nerdctl image inspect IMAGE``; return its repository digests, or None when it is not stored.
+
+        A reference with ``@sha256:`` is looked up by that digest (nerdctl matches the image's target).
+        """
+        result = proc.run(["nerdctl", "image", "inspect", "--format", "{{json .}}", image], env=self._env,
+                          timeout=timeout, check=False, step="images")
+        if result.returncode != 0:
+            if "no such image" in result.stderr:
+                return None
+            raise CommandFailed(result.argv, result.returncode, result.stdout, result.stderr, step="images")
+        try:
+            data = json.loads(result.stdout.splitlines()[0])
+        except (ValueError, IndexError) as exc:
+            raise KsiError(f"cannot parse `nerdctl image inspect` output for {image}", step="images") from exc
+        return [str(d).rpartition("@")[2] for d in data.get("RepoDigests") or []]
+
+    def pull(self, image: str, *, all_platforms: bool, timeout: float) -> None:
+        """Run ``nerdctl pull [--all-platforms] IMAGE``."""
+        proc.run(["nerdctl", "pull", *(["--all-platforms"] if all_platforms else []), image], env=self._env,
+                 timeout=timeout, step="images")
+
+    def save(self, images: list[str], output: Path, *, all_platforms: bool, timeout: float) -> None:
+        """Run ``nerdctl save -o OUTPUT [--all-platforms] IMAGE...`` (nerdctl does not truncate OUTPUT)."""
+        proc.run(["nerdctl", "save", *(["--all-platforms"] if all_platforms else []), "-o", str(output), *images],
+                 env=self._env, timeout=timeout, step="images")
+
+    def load(self, archive: Path, *, timeout: float) -> None:
+        """Run ``nerdctl load -i ARCHIVE`` into the user's image store (this machine's platform)."""
+        proc.run(["nerdctl", "load", "-i", str(archive)], env=self._env, timeout=timeout, step="images")
 
     def info(self, *, timeout: float = 30.0) -> dict[str, object]:
         """Run ``nerdctl info --format '{{json .}}'`` and return the parsed object."""

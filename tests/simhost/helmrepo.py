@@ -2,8 +2,8 @@
 
 It serves ``index.yaml`` and ``liqo-<version>.tgz`` the way Liqo's repository does (an index whose entries
 carry each package's sha256 digest and its absolute URL) and records every request as a registry contact
-of the simulated host it belongs to. ``online = False`` makes it answer every request with a dropped
-connection.
+of the simulated host it belongs to. The index gives the digests of the packages as built; changing
+``packages`` afterwards serves tampered bytes. ``online = False`` drops every connection unanswered.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class HelmRepo:
     def __init__(self, root: Path, versions: Sequence[str]) -> None:
         self.root = root
         self.online = True
-        self.packages = {f"liqo-{v}.tgz": liqochart.package(v) for v in versions}
+        self.packages = {f"liqo-{v}.tgz": liqochart.package(v) for v in versions}  # what is served
+        self.digests = {name: hashlib.sha256(data).hexdigest() for name, data in self.packages.items()}  # the index
         repo = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,9 +46,9 @@ class HelmRepo:
         """Return index.yaml."""
         entries = [{"apiVersion": "v2", "name": "liqo", "version": name.removeprefix("liqo-").removesuffix(".tgz"),
                     "appVersion": name.removeprefix("liqo-").removesuffix(".tgz"), "type": "application",
-                    "digest": hashlib.sha256(data).hexdigest(), "urls": [self.url + name],
+                    "digest": self.digests[name], "urls": [self.url + name],
                     "created": "2025-07-11T15:00:00Z", "description": "A Helm chart for Liqo (simulated)"}
-                   for name, data in sorted(self.packages.items(), reverse=True)]
+                   for name in sorted(self.packages, reverse=True)]
         return yaml.safe_dump({"apiVersion": "v1", "entries": {"liqo": entries},
                                "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
 
