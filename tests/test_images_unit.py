@@ -212,7 +212,7 @@ def test_requirements_follow_the_cached_chart_not_the_manifest(tmp_path: Path) -
     assert needs.missing == ("Liqo image ghcr.io/liqotech/proxy:v1.0.1 (named by the chart of Liqo v1.0.1)",)
     assert len(needs.entries) == 1 + 1 + 13 + 1
     other = plan.requirements(found, tmp_path, "kindest/node:v1.36.0", "v1.0.2")
-    assert other.missing == ("an archive of the kind node image kindest/node:v1.36.0",
+    assert other.missing == ("archive of the kind node image kindest/node:v1.36.0",
                              "Liqo v1.0.2, the version of liqoctl here (it holds Liqo v1.0.1)")
 
 

@@ -92,7 +92,7 @@ def requirements(found: Manifest, directory: Path, node_image: str, liqo_version
     missing: list[str] = []
     node = found.find(NODE, node_image)
     if node is None:
-        missing.append(f"an archive of the kind node image {node_image}")
+        missing.append(f"archive of the kind node image {node_image}")
     else:
         entries.append(node)
     if liqo_version is not None:

@@ -22,6 +22,7 @@ from ksi.errors import KsiError, ToolMissingError, UsageError
 from ksi.host.state import ensure_private_dir
 from ksi.images import chart, manifest
 from ksi.images.manifest import LIQO, LIQO_CHART, NODE, WORKLOAD, Entry, Manifest
+from ksi.images.plan import reason
 from ksi.images.reference import parse, same_image
 from ksi.images.report import human
 from ksi.images.verify import STAMPS, Stamps, check_file, sha256_file
@@ -103,7 +104,7 @@ class Saver:
                 except KsiError as exc:
                     for other in futures:
                         other.cancel()
-                    raise KsiError(f"cannot pull {image} ({manifest.PURPOSES[group.purpose]}): {exc.message}",
+                    raise KsiError(f"cannot pull {image} ({manifest.PURPOSES[group.purpose]}): {reason(exc)}",
                                    step="images", fix="check this machine's internet access and the image's name"
                                    ) from None
                 self.progress(image, group.purpose, f"pulled {digests[image]}")
