@@ -182,12 +182,13 @@ def test_list_without_a_cache_says_how_to_make_one(ksi: KsiRunner, simhost: SimH
     assert "ksi images save" in result.stderr
 
 
-def test_save_fails_naming_an_image_that_cannot_be_pulled(ksi: KsiRunner, simhost: SimHost,
+def test_save_warns_about_latest_and_fails_naming_an_image_that_cannot_be_pulled(ksi: KsiRunner, simhost: SimHost,
                                                           helm_repo: HelmRepo) -> None:
     ksi.env["KSI_LIQO_CHART_REPO"] = helm_repo.url
-    result = ksi.run("images", "save", "--dir", str(ksi.shared / "c"), APP,
+    result = ksi.run("images", "save", "--dir", str(ksi.shared / "c"), APP, "busybox",
                      env={"KSI_SIM_FAULTS": "registry:fail"})
     assert result.returncode == 1
+    assert "images: busybox is tagged latest: Kubernetes pulls such an image whenever a pod starts" in result.stderr
     [line] = [x for x in result.stderr.splitlines() if "error:" in x]
     assert "cannot pull kindest/node:v1.37.0@sha256:" in line and "(kind node image): nerdctl pull: failed to " in line
     assert "no such host" in line

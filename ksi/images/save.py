@@ -195,6 +195,12 @@ def save(given_dir: str | None, workload: Sequence[str], liqo_version: str | Non
             bad.append(str(exc))
     if bad:
         raise UsageError("; ".join(bad), step="images", fix="name images as nerdctl pull takes them")
+    for image in workload:
+        ref = parse(image)
+        if ref.tag == "latest" and not ref.digest:
+            _log.warning("images: %s is tagged latest: Kubernetes pulls such an image whenever a pod starts (pull "
+                         "policy Always), cache or not; give it another tag, or set imagePullPolicy: IfNotPresent",
+                         image)
     if proc.which("nerdctl", env) is None:
         raise ToolMissingError("nerdctl not found on PATH (it pulls and saves the images)", step="images",
                                fix="run `ksi images save` where rootless nerdctl is installed and has internet")
