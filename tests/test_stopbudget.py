@@ -276,6 +276,10 @@ def test_the_signal_warning_adds_the_time_to_the_limit(slurm_env: dict[str, str]
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "until Slurm's SIGKILL (the time limit in " in line and " s + KillWait 5 s)" in line
 
-    cancelled = env | {"FAKE_STATE": "CANCELLED"}  # the same signal from scancel: KillWait alone
+    signalling = env | {"FAKE_STATE": "SIGNALING"}  # what squeue says while slurmctld delivers the warning
+    stop, _ = _stopped(signalling)
+    assert stop.grace(signal.SIGTERM) > 5
+
+    cancelled = env | {"FAKE_STATE": "COMPLETING"}  # the same signal from scancel: KillWait alone
     stop, _ = _stopped(cancelled)
     assert stop.grace(signal.SIGTERM) == 0  # 5 s cannot hold a 10 s teardown

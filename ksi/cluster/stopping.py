@@ -26,7 +26,9 @@ from ksi.tools.squeue import Squeue
 _log = log.get(__name__)
 LEARN_WAIT = 2.0  # seconds a stop signal waits for a lookup still under way before using slurm.conf
 STATE_TIMEOUT = 3.0  # seconds for squeue's answer on whether a signal is the --signal warning
-RUNNING = "RUNNING"
+# squeue's states of a job that is not ending: SIGNALING while slurmctld delivers a signal (the --signal
+# warning starts with a SIGCONT and shows it; a scancel shows COMPLETING or CANCELLED instead).
+STILL_RUNNING = frozenset({"RUNNING", "SIGNALING"})
 
 
 def kill_wait(environ: Mapping[str, str], *, timeout: float = 10.0) -> tuple[int, str]:
@@ -139,7 +141,7 @@ class Stopping:
         if budget.end_signal is not None and signum == budget.end_signal.signum and self._job_id is not None:
             state = Squeue(self._environ).state_and_end(self._job_id, timeout=STATE_TIMEOUT)
         seconds, why = budget.at(signum, signalled, state[1] if state else None,
-                                 state is not None and state[0] == RUNNING)
+                                 state is not None and state[0] in STILL_RUNNING)
         settings = self._settings
         need, source = stopbudget.teardown_need(stopbudget.delete_times(settings.state_dir),
                                                 settings.teardown_timeout)

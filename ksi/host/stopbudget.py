@@ -66,8 +66,8 @@ class StopBudget:
         """Return the seconds from a stop signal ``signum`` at ``now`` to Slurm's SIGKILL, and how they were reckoned.
 
         The time-limit path counts only when everything says it is the --signal warning: the same signal,
-        a job still RUNNING (a scancel turns it CANCELLED at once), and its limit ``end`` (epoch seconds, as
-        squeue says it now) close enough. Anything else is counted as a scancel: KillWait alone.
+        a job still ``running`` (a scancel ends it at once), and its limit ``end`` (epoch seconds, as squeue
+        says it now) close enough. Anything else is counted as a scancel: KillWait alone.
         """
         kill_wait = f"KillWait {self.kill_wait:g} s"
         warning = self.end_signal
