@@ -257,7 +257,8 @@ def test_kill_wait_falls_back_to_slurm_conf_then_to_slurms_default(slurm_env: di
     Path(slurm_env["SLURM_CONF"]).write_text("ClusterName=c\n")
     assert stopping.kill_wait(down) == (30, f"Slurm's default, {slurm_env['SLURM_CONF']} does not set it")
     Path(slurm_env["SLURM_CONF"]).unlink()
-    assert stopping.kill_wait(down) == (30, "Slurm's default, no slurm.conf here")
+    assert stopping.site_kill_wait(down) == (None, "no answer from scontrol show config and no slurm.conf")
+    assert stopping.kill_wait(down) == (30, "Slurm's default; no answer from scontrol show config and no slurm.conf")
     assert stopping.kill_wait(slurm_env | {"FAKE_KILL_WAIT": "120"}) == (120, "scontrol show config")
 
 

@@ -31,11 +31,12 @@ STATE_TIMEOUT = 3.0  # seconds for squeue's answer on whether a signal is the --
 STILL_RUNNING = frozenset({"RUNNING", "SIGNALING"})
 
 
-def kill_wait(environ: Mapping[str, str], *, timeout: float = 10.0) -> tuple[int, str]:
-    """Return Slurm's KillWait and where it was read: the controller, else slurm.conf, else Slurm's default.
+def site_kill_wait(environ: Mapping[str, str], *, timeout: float = 10.0) -> tuple[int | None, str]:
+    """Return Slurm's KillWait here and where it was read, or None and why when no Slurm configuration answers.
 
     Runs ``scontrol show config`` (what the controller runs with, also in configless set-ups), else reads the
-    slurm.conf of SLURM_CONF or the default path.
+    slurm.conf of SLURM_CONF or the default path; a slurm.conf that does not set KillWait means Slurm's
+    default.
     """
     try:
         value = stopbudget.kill_wait_of_config(stopbudget.parse_show_config(
@@ -44,16 +45,25 @@ def kill_wait(environ: Mapping[str, str], *, timeout: float = 10.0) -> tuple[int
             return value, "scontrol show config"
     except KsiError as exc:
         _log.debug("stop budget: scontrol show config: %s", exc.one_line())
-    return from_slurm_conf(environ)
-
-
-def from_slurm_conf(environ: Mapping[str, str]) -> tuple[int, str]:
-    """Return KillWait from slurm.conf (see :func:`ksi.host.stopbudget.slurm_conf_kill_wait`), else the default."""
     value, path = stopbudget.slurm_conf_kill_wait(environ)
     if value is not None:
         return value, path
+    if path:
+        return stopbudget.SLURM_DEFAULT_KILL_WAIT, f"Slurm's default, {path} does not set it"
+    return None, "no answer from scontrol show config and no slurm.conf"
+
+
+def kill_wait(environ: Mapping[str, str], *, timeout: float = 10.0) -> tuple[int, str]:
+    """Return KillWait and where it was read (see :func:`site_kill_wait`); Slurm's default when nothing says."""
+    value, source = site_kill_wait(environ, timeout=timeout)
+    return (value, source) if value is not None else (stopbudget.SLURM_DEFAULT_KILL_WAIT, f"Slurm's default; {source}")
+
+
+def from_slurm_conf(environ: Mapping[str, str]) -> tuple[int, str]:
+    """Return KillWait from slurm.conf only (no controller round trip), else Slurm's default."""
+    value, path = stopbudget.slurm_conf_kill_wait(environ)
     default = stopbudget.SLURM_DEFAULT_KILL_WAIT
-    return default, f"Slurm's default, {path} does not set it" if path else "Slurm's default, no slurm.conf here"
+    return (value, path) if value is not None else (default, f"Slurm's default; {path or 'no slurm.conf'}")
 
 
 def learn(environ: Mapping[str, str], job_id: str | None) -> StopBudget:
