@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="check that this node can run ksi",
         description="Check this node's prerequisites (cgroup v2 and delegation, kernel modules, kernel and "
         "WireGuard, kind, nerdctl, liqoctl, rootless containerd, runtime directory, subordinate ids, inotify "
-        "limits, node-local container storage, the shared directory), one line each with the fix of each "
+        "limits, node-local container storage, the shared directory, Slurm's KillWait against the grace period "
+        "and a teardown), one line each with the fix of each "
         "failure. Exit 0 only when all pass. `srun -N<nodes> ksi doctor` checks a whole partition.")
     doctor.add_argument("shared_dir", metavar="SHARED_DIR", nargs="?", default=".",
                         help="the directory runs will share (default: current directory)")
@@ -303,12 +304,12 @@ def _doctor(args: argparse.Namespace, node: str) -> int:
     from ksi.launch.preflight import kind_environment
 
     environ = dict(os.environ)
-    state_var = settings_mod.env_name("state_dir")
-    loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k == state_var})
+    used = {settings_mod.env_name(f) for f in ("state_dir", "grace_period", "teardown_timeout")}
+    loaded, problems = settings_mod.load({k: v for k, v in environ.items() if k in used})
     if problems:
         raise ChecksFailed(problems)
     host = Host.this_node(kind_environment(loaded, environ), loaded.provider)
-    checks = run_checks(host, args.shared_dir, loaded.state_dir)
+    checks = run_checks(host, args.shared_dir, loaded)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"node": node, "ok": ok, "checks": [c.as_dict() for c in checks]}), flush=True)

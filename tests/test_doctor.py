@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from ksi import settings as settings_mod
 from ksi.admin import doctor
 from ksi.admin.doctor import Check, Host, Mount, mount_of, parse_mountinfo, per_job_dirs, run_checks, subid_ranges
+from ksi.host import stopbudget
 from tests.ksi_helpers import KSI
 
 UID = os.getuid()
@@ -48,8 +50,10 @@ echo "1: {USER} 300000 32768"
 """
 SCONTROL = """#!/bin/sh
 [ "$1 $2" = "show config" ] || { echo "fake scontrol: unexpected $*" >&2; exit 9; }
+[ -n "$FAKE_NO_CONTROLLER" ] && { echo "slurm_load_ctl_conf error: Unable to contact slurm controller" >&2; exit 1; }
 echo "Configuration data as of 2026-12-01T08:46:13"
 echo "JobContainerType        = ${FAKE_JOB_CONTAINER:-job_container/none}"
+echo "KillWait                = ${FAKE_KILL_WAIT:-30} sec"
 echo "SLURM_CONF              = $FAKE_SLURM_ETC/slurm.conf"
 """
 SYSTEMD_RUN = """#!/bin/sh
@@ -77,6 +81,7 @@ class Staged:
     host: Host
     shared: Path
     state: Path
+    ksi_env: tuple[tuple[str, str], ...] = ()  # ksi's own settings (KSI_GRACE_PERIOD, ...)
 
     def write(self, relative: str, text: str) -> Path:
         path = self.root / relative
@@ -88,7 +93,9 @@ class Staged:
         return replace(self, host=replace(self.host, env={**self.host.env, **extra}))
 
     def checks(self) -> dict[str, Check]:
-        return {c.name: c for c in run_checks(self.host, str(self.shared), self.state)}
+        settings, problems = settings_mod.load({"KSI_STATE_DIR": str(self.state), **dict(self.ksi_env)})
+        assert problems == []
+        return {c.name: c for c in run_checks(self.host, str(self.shared), settings)}
 
 
 def _tool(bin_dir: Path, name: str, text: str) -> None:
@@ -136,7 +143,7 @@ def node(tmp_path: Path) -> Staged:
     shared = tmp_path / "shared dir"
     shared.mkdir()
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "FAKE_INFO": str(info),
-           "FAKE_SLURM_ETC": str(root / "etc/slurm")}
+           "FAKE_SLURM_ETC": str(root / "etc/slurm"), "SLURM_CONF": str(root / "etc/slurm/slurm.conf")}
     host = Host(env=env, uid=UID, user=USER, home=home, proc_root=root / "proc", sys_root=root / "sys",
                 etc_root=root / "etc", modules_root=root / "lib/modules", boot_root=root / "boot",
                 run_user_root=root / "run/user")
@@ -146,7 +153,7 @@ def node(tmp_path: Path) -> Staged:
 def test_a_healthy_node_passes_every_check(node: Staged) -> None:
     checks = node.checks()
     assert [name for name, c in checks.items() if not c.ok] == []
-    assert len(checks) == 16
+    assert len(checks) == 17
     assert checks["kind >= v0.23.0"].detail == "kind v0.27.0"
     assert checks["nerdctl"].detail == "nerdctl 2.0.3"
     assert checks["liqoctl v1"].detail == "liqoctl v1.0.0"
@@ -173,6 +180,21 @@ def _write(relative: str, text: str) -> Callable[[Staged], Staged]:
 def _env(**extra: str) -> Callable[[Staged], Staged]:
     def change(node: Staged) -> Staged:
         return node.env(**extra)
+    return change
+
+
+def _ksi(**settings: str) -> Callable[[Staged], Staged]:
+    def change(node: Staged) -> Staged:
+        return replace(node, ksi_env=(*node.ksi_env, *settings.items()))
+    return change
+
+
+def _deletes_measured(*seconds: float) -> Callable[[Staged], Staged]:
+    def change(node: Staged) -> Staged:
+        node.state.mkdir(mode=0o700, exist_ok=True)
+        for value in seconds:
+            stopbudget.record_delete(node.state, value)
+        return node
     return change
 
 
@@ -308,6 +330,18 @@ FAILURES: list[tuple[str, Callable[[Staged], Staged], dict[str, tuple[str, str]]
      {"shared directory writable": ("does not exist", "give an existing directory")}),
     ("state directory readable by others", _open_state_dir,
      {"node-local state directory": ("readable by others", "chmod 700")}),
+    ("KillWait shorter than the grace period and a teardown", _env(FAKE_KILL_WAIT="25"),
+     {"KillWait holds the grace period and a teardown": (
+         "KillWait 25 s (scontrol show config) for KSI_GRACE_PERIOD 5 s + a teardown of up to 20 s "
+         "(KSI_TEARDOWN_TIMEOUT; no delete measured on this node yet) + 3.5 s margin: a stopped workload gets only "
+         "1.5 s of its grace period",
+         "ask the site to raise KillWait in slurm.conf to at least 29 s, or lower KSI_GRACE_PERIOD to 1.5 s")}),
+    ("KillWait too short for a teardown (slurm.conf, the controller unreachable)", lambda n: _write(
+        "etc/slurm/slurm.conf", "ClusterName=c\nKillWait=5\n")(_env(FAKE_NO_CONTROLLER="1")(n)),
+     {"KillWait holds the grace period and a teardown": (
+         "too short for the teardown alone, a stopped run may leave its cluster to the epilog",
+         "at least 29 s; a lower KSI_GRACE_PERIOD cannot help, the teardown alone needs more than the 3.5 s "
+         "KillWait leaves it")}),
 ]
 
 
@@ -343,6 +377,9 @@ PASSING_VARIANTS: list[tuple[str, Callable[[Staged], Staged]]] = [
         "home/someuser/.config/containerd/config.toml", 'root = "/local/containerd"\n')(_write(
             "home/someuser/.config/nerdctl/nerdctl.toml", 'data_root = "/local/nerdctl"\n')(_home_on_nfs(n)))),
     ("XDG_DATA_HOME on local disk", lambda n: _env(XDG_DATA_HOME="/local/data")(_home_on_nfs(n))),
+    ("a short KillWait for a short grace and the deletes measured here", lambda n: _env(FAKE_KILL_WAIT="5")(
+        _ksi(KSI_GRACE_PERIOD="1")(_deletes_measured(0.8, 1.0)(n)))),
+    ("no Slurm here", _env(FAKE_NO_CONTROLLER="1")),
     ("running containerd's data local, nerdctl's moved off the shared home", lambda n: _running_containerd(
         "xfs", "/dev/nvme0n1")(_write("home/someuser/.config/nerdctl/nerdctl.toml", 'data_root = "/local/nerdctl"\n')(
             _home_on_nfs(n)))),
@@ -387,12 +424,12 @@ def test_ksi_doctor_prints_one_line_per_check_and_exits_3_unless_all_pass(tmp_pa
     text = subprocess.run([KSI, "doctor", str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
     lines = text.stdout.splitlines()
-    assert len(lines) == 17, text.stdout + text.stderr
+    assert len(lines) == 18, text.stdout + text.stderr
     assert all(line.startswith("ksi[nodeX] doctor: PASS ") or line.startswith("ksi[nodeX] doctor: FAIL ")
                for line in lines[:-1])
     failed = [line for line in lines[:-1] if " FAIL " in line]
     assert all("; fix: " in line for line in failed)
-    assert lines[-1].startswith(f"ksi[nodeX] doctor: {16 - len(failed)} of 16 checks passed")
+    assert lines[-1].startswith(f"ksi[nodeX] doctor: {17 - len(failed)} of 17 checks passed")
     assert text.returncode == (3 if failed else 0)
     assert "PASS shared directory writable" in text.stdout
 
@@ -400,7 +437,7 @@ def test_ksi_doctor_prints_one_line_per_check_and_exits_3_unless_all_pass(tmp_pa
                              capture_output=True, text=True, timeout=60, check=False)
     [line] = as_json.stdout.splitlines()
     report = json.loads(line)
-    assert report["node"] == "nodeX" and len(report["checks"]) == 16
+    assert report["node"] == "nodeX" and len(report["checks"]) == 17
     assert report["ok"] is (not failed) and as_json.returncode == text.returncode
     assert {c["name"] for c in report["checks"] if not c["ok"]} == {
         line.split(" FAIL ", 1)[1].split(":", 1)[0] for line in failed}

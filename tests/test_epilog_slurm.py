@@ -137,7 +137,7 @@ def test_doctor_over_srun_reports_per_node(slurm_bed: SlurmBed, simhost: SimHost
     per_node = _by_node(result.stdout)
     assert sorted(per_node) == sorted(nodes), result.stdout + result.stderr
     for node, lines in per_node.items():
-        assert len(lines) == 17, lines
+        assert len(lines) == 18, lines
         assert "PASS cgroup v2: unified hierarchy at /sys/fs/cgroup" in lines
         assert "PASS kind >= v0.23.0: kind v0.27.0" in lines
         shared_line = next(line for line in lines if " shared directory writable" in line)

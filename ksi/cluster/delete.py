@@ -8,6 +8,7 @@ from pathlib import Path
 from ksi import log
 from ksi.cluster import rundir
 from ksi.errors import Interrupted, KsiError
+from ksi.host import stopbudget
 from ksi.host.registry import Registry
 from ksi.tools.kind import Kind
 from ksi.tools.runtime import ContainerRuntime
@@ -24,13 +25,15 @@ def delete_verified(kind: Kind, runtime: ContainerRuntime, name: str, kubeconfig
     cluster label and force-removes whatever is left. Raises KsiError if containers survive all of that.
     """
     deadline = time.monotonic() + budget
+    # What is kept for listing (and removing) leftovers; a short budget (a short KillWait) goes mostly to kind.
+    reserve = min(2 * _LIST_TIMEOUT, budget / 4)
 
     def remaining() -> float:
         return max(deadline - time.monotonic(), 1.0)
 
     try:
         result = kind.delete(name, kubeconfig if kubeconfig and kubeconfig.exists() else None,
-                             timeout=max(remaining() - 2 * _LIST_TIMEOUT, 1.0))
+                             timeout=max(remaining() - reserve, 1.0))
         if result.returncode != 0:
             _log.warning("teardown: `kind delete cluster` exited %d; checking for leftovers", result.returncode)
     except Interrupted:
@@ -50,8 +53,14 @@ def delete_verified(kind: Kind, runtime: ContainerRuntime, name: str, kubeconfig
 
 
 def delete_cluster(kind: Kind, runtime: ContainerRuntime, registry: Registry, name: str, run_dir: Path,
-                   budget: float) -> None:
-    """Delete ``name`` verified, then forget its record and remove the run's secrets."""
+                   budget: float, state_dir: Path) -> None:
+    """Delete ``name`` verified, then forget its record and remove the run's secrets.
+
+    The time the delete took goes into the node's record in ``state_dir``: it is what the next run's stop
+    budget reserves for a teardown (ksi.host.stopbudget).
+    """
+    started = time.monotonic()
     delete_verified(kind, runtime, name, run_dir / rundir.KUBECONFIG, budget)
+    stopbudget.record_delete(state_dir, time.monotonic() - started)
     registry.remove(name)
     rundir.remove_secrets(run_dir)

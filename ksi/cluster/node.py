@@ -62,12 +62,16 @@ class NodeCluster:
                                   udp_ports),
             self.run_dir / rundir.KIND_CONFIG)
         self._registry.add(new_record(self.name, self.job_id, self.run_dir, self.kubeconfig, port, self.node))
-        self._teardown.push("delete cluster", delete_cluster, self._kind, self._runtime, self._registry,
-                            self.name, self.run_dir, self.settings.teardown_timeout)
+        self._teardown.push("delete cluster", self._delete)
         with node_lock(self.settings.state_dir / CREATE_LOCK, self.settings.lock_timeout, "kind create"):
             self._kind.create(self.name, config, self.kubeconfig, wait=self.settings.kind_wait,
                               timeout=self.settings.create_timeout)
         return write_cluster_kubeconfig(self.kubeconfig, self.name)
+
+    def _delete(self) -> None:
+        """Delete the cluster within KSI_TEARDOWN_TIMEOUT, or what a stop signal's budget leaves of it."""
+        delete_cluster(self._kind, self._runtime, self._registry, self.name, self.run_dir,
+                       self._teardown.time_left(self.settings.teardown_timeout), self.settings.state_dir)
 
     def grant_access(self, job_end: int | None) -> access.Access:
         """Create the admin ServiceAccount and return a token that outlives the job."""

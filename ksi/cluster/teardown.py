@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,13 @@ class Teardown:
     def __init__(self) -> None:
         self._steps: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         self.failures: list[str] = []
+        self.deadline: float | None = None  # time.monotonic() by which it must end (a stop signal's budget)
+
+    def time_left(self, limit: float) -> float:
+        """Return the seconds a step may take: ``limit``, or less when the deadline is nearer (at least 1 s)."""
+        if self.deadline is None:
+            return limit
+        return max(min(limit, self.deadline - time.monotonic()), 1.0)
 
     def push(self, what: str, undo: Callable[..., Any], *args: Any) -> None:
         """Register ``undo(*args)``, described as ``what``, to run at teardown."""

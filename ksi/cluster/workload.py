@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -146,13 +146,15 @@ def _pump(source: BinaryIO, sink: BinaryIO, keep: BinaryIO, lock: threading.Lock
             sink.flush()
 
 
-def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path, grace: float) -> tuple[int, int | None]:
+def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path,
+        grace: float | Callable[[int], float]) -> tuple[int, int | None]:
     """Run ``workload`` in its own process group; return (exit status, stop signal that interrupted it).
 
     stdout and stderr pass through live and are also appended to ``output`` (0600). A stop signal that
     reaches ksi while the workload runs is forwarded to the workload's process group; after ``grace``
-    seconds the group is killed; if ksi itself is killed, so is the workload (parent-death signal). The
-    status is 128+N when the workload died from signal N.
+    seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group is killed; if ksi
+    itself is killed, so is the workload (parent-death signal). The status is 128+N when the workload died
+    from signal N.
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
@@ -205,13 +207,17 @@ def _kill(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _stop(child: subprocess.Popen[bytes], signum: int, grace: float) -> int:
-    """Forward ``signum`` to the workload's group; SIGKILL it after ``grace`` seconds; return its exit code."""
-    _log.info("workload: forwarding %s, waiting up to %g s", signal.Signals(signum).name, grace)
+def _stop(child: subprocess.Popen[bytes], signum: int, grace: float | Callable[[int], float]) -> int:
+    """Forward ``signum`` to the workload's group; SIGKILL it after its grace period; return its exit code.
+
+    The signal goes first: working out the grace (the stop budget may ask Slurm) must not delay it.
+    """
     _kill(child.pid, signum)
+    seconds = round(grace(signum) if callable(grace) else grace, 1)
+    _log.info("workload: forwarding %s, waiting up to %g s", signal.Signals(signum).name, seconds)
     try:
-        return child.wait(timeout=grace)
+        return child.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        _log.warning("workload: still running after %g s; killing it", grace)
+        _log.warning("workload: still running after %g s; killing it", seconds)
         _kill(child.pid, signal.SIGKILL)
         return child.wait()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -33,8 +34,11 @@ class SignalGuard:
         self.armed = False
         self.pending: int | None = None
         self.received: list[int] = []
+        self.first_at: float | None = None  # time.monotonic() when the first stop signal arrived
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.received:
+            self.first_at = time.monotonic()  # Slurm's KillWait counts from here
         self.received.append(signum)
         name = signal.Signals(signum).name
         if self.armed:

@@ -2,7 +2,8 @@
 
 A run is a :class:`Lifecycle` used as a context manager: the body creates things (registering each undo on
 ``teardown`` first) and sets ``status``; however the body ends (success, failure, stop signal), leaving
-the block names the interrupted phase, runs the teardown, logs its outcome and finalises run.json.
+the block names the interrupted phase, runs the teardown (within what a stop signal's budget leaves, see
+:mod:`ksi.cluster.stopping`), logs its outcome and finalises run.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ksi import log
 from ksi.cluster import access, rundir
 from ksi.cluster.node import NodeCluster
+from ksi.cluster.stopping import Stopping
 from ksi.cluster.teardown import Teardown
 from ksi.errors import Interrupted, KsiError
 from ksi.host.signals import SignalGuard
@@ -73,9 +75,10 @@ class Lifecycle:
     nodes through the abort file).
     """
 
-    def __init__(self, guard: SignalGuard, phases: Phases) -> None:
+    def __init__(self, guard: SignalGuard, phases: Phases, stopping: Stopping) -> None:
         self.phases = phases
         self.teardown = Teardown()
+        self.stopping = stopping  # the stop budget: bounds the teardown after a stop signal
         self.record: rundir.RunRecord | None = None
         self.status: int | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
@@ -96,6 +99,7 @@ class Lifecycle:
                 self.on_failure(error)
         self._guard.disarm()
         proc.terminate_all()
+        self.teardown.deadline = self.stopping.teardown_deadline()
         finish(self.teardown, self.phases, self.record, self.status, error)
 
     def workload_ended(self, status: int, stopped_by: int | None) -> None:

@@ -21,6 +21,7 @@ from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, names, rundir, workload
 from ksi.cluster.node import NodeCluster, reserve_port
 from ksi.cluster.peering import Member, peer_all
+from ksi.cluster.stopping import Stopping
 from ksi.errors import KsiError, UsageError
 from ksi.host.poll import completed
 from ksi.host.signals import SignalGuard
@@ -112,6 +113,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         check_layout(slurm, environ)
         settings, problems = settings_mod.load(environ, opts.overrides)
         kind_env = kind_environment(settings, environ)
+        stopping = Stopping.learn(slurm, settings, environ, guard)  # in the background
         plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, problems, environ,
                           kind_env, multinode=True, runs_workload=slurm.procid == 0)
         assert slurm.job_id is not None and slurm.step_id is not None  # in_step checked by the caller
@@ -120,7 +122,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
     role = "leader" if me.leads else f"follower of {me.node_of(0)}"
     _log.info("checks: ok in %.2f s (rank %d of %d, %s, address %s)", phases.seconds["checks"], me.rank, me.size,
               role, plan.node_address)
-    with Lifecycle(guard, phases) as life:
+    with Lifecycle(guard, phases, stopping) as life:
         images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         if settings.clean_stale:
             remove_stale(settings, kind_env)
@@ -234,7 +236,7 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
         with life.phases.phase("workload", life.record):
             _log.info("workload: starting %s", me.plan.workload.path)
             status, stopped_by = workload.run(me.plan.workload, env, Path.cwd(), rdv.path / rundir.WORKLOAD_LOG,
-                                              settings.grace_period)
+                                              life.stopping.grace)
     finally:
         life.record.lost_nodes = watcher.stop()
     life.workload_ended(status, stopped_by)

@@ -10,6 +10,7 @@ from ksi import settings as settings_mod
 from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, rundir, workload
 from ksi.cluster.node import NodeCluster
+from ksi.cluster.stopping import Stopping
 from ksi.errors import UsageError
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext
@@ -30,13 +31,14 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
                              step="checks")
         settings, setting_problems = settings_mod.load(environ, opts.overrides)
         kind_env = kind_environment(settings, environ)
+        stopping = Stopping.learn(slurm, settings, environ, guard)  # in the background
         plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, setting_problems,
                           environ, kind_env)
     _log.info("checks: ok in %.2f s (kind v%s, %s%s)", phases.seconds["checks"],
               ".".join(map(str, plan.kind_version)), settings.provider,
               ", under systemd-run --scope" if plan.kind_wrapper else "")
 
-    with Lifecycle(guard, phases) as life:
+    with Lifecycle(guard, phases, stopping) as life:
         images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         name, run_dir = rundir.create(plan.shared_dir, slurm.job_id)
         log.attach_file(run_dir / rundir.KSI_LOG)
@@ -68,6 +70,6 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         with phases.phase("workload", record):
             _log.info("workload: starting %s", plan.workload.path)
             status, stopped_by = workload.run(plan.workload, workload_environment(environ, cluster, api, port, grant),
-                                              Path.cwd(), run_dir / rundir.WORKLOAD_LOG, settings.grace_period)
+                                              Path.cwd(), run_dir / rundir.WORKLOAD_LOG, stopping.grace)
         life.workload_ended(status, stopped_by)
     return status

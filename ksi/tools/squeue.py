@@ -48,6 +48,29 @@ class Squeue:
         return parse_end_time(result.stdout) if result.returncode == 0 else None
 
 
+    def state_and_end(self, job_id: str, *, timeout: float = 15.0) -> tuple[str, int | None] | None:
+        """Run ``squeue -h -j ID -o '%A %T %e'``: the job's state and when its time limit hits (as now set).
+
+        None when squeue cannot answer or does not list the job (never raises).
+        """
+        env = {**self._env, "SLURM_TIME_FORMAT": "%Y-%m-%dT%H:%M:%S"}
+        try:
+            result = proc.run(["squeue", "-h", "-j", job_id, "-o", "%A %T %e"], env=env, timeout=timeout,
+                              check=False, step="squeue")
+        except KsiError:
+            return None
+        return parse_state_and_end(result.stdout, job_id) if result.returncode == 0 else None
+
+
+def parse_state_and_end(text: str, job_id: str) -> tuple[str, int | None] | None:
+    """Return (state, end time) from the line of ``job_id`` in squeue's ``%A %T %e`` output, or None."""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == job_id:
+            return words[1], parse_end_time(words[2])
+    return None
+
+
 def parse_job_state(text: str, job_id: str) -> str | None:
     """Return the state on the line of ``job_id`` in squeue's ``%A %T`` output, or None if it has none."""
     for line in text.splitlines():

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,36 @@ def slurm_bed() -> Iterator[SlurmBed]:
     yield bed
     if os.environ.get(ENV_DOWN) == "1":
         bring_down(bed.instance)
+
+
+def kill_wait_instance(instance: str, kill_wait: int) -> str:
+    """Return the name of the bed derived from ``instance`` that has KillWait ``kill_wait`` (ksi -> ksi-kw30)."""
+    suffix = f"-kw{kill_wait}"
+    return bedctl.validate_instance(instance[:20 - len(suffix)].rstrip("-") + suffix)  # names have <= 20 chars
+
+
+@pytest.fixture(scope="session")
+def slurm_bed_with_kill_wait(slurm_bed: SlurmBed) -> Iterator[Callable[[int], SlurmBed]]:
+    """Return a function giving a bed with KillWait S: the session's bed when it has S, else a second instance.
+
+    The second instance's name derives from the session's (kill_wait_instance); it starts (or is reused) on
+    first use, has as many nodes as the session's bed, and is left running like it (KSI_TESTBED_DOWN=1 stops
+    it). A test that uses it waits for that bed's earlier jobs itself (``wait_idle``).
+    """
+    started: dict[int, SlurmBed] = {}
+
+    def bed(kill_wait: int) -> SlurmBed:
+        if kill_wait == slurm_bed.kill_wait:
+            return slurm_bed
+        if kill_wait not in started:
+            started[kill_wait] = bring_up(len(slurm_bed.nodes), kill_wait,
+                                          kill_wait_instance(slurm_bed.instance, kill_wait))
+        return started[kill_wait]
+
+    yield bed
+    if os.environ.get(ENV_DOWN) == "1":
+        for other in started.values():
+            bring_down(other.instance)
 
 
 @pytest.fixture(autouse=True)

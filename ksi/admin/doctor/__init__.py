@@ -4,12 +4,10 @@ Each check is a small function over a :class:`Host`, which says where to look (t
 the kernel's module lists, the user's runtime directories) and which environment the tools run with, so
 tests stage a fake tree and fake tools and see each failure with its message. The checks only read files
 and run version/info commands; they change nothing. They are grouped by concern: :mod:`.kernel`,
-:mod:`.runtime` (the programs and rootless containers), :mod:`.storage`.
+:mod:`.runtime` (the programs and rootless containers), :mod:`.storage`, :mod:`.slurm`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from ksi.admin.doctor.base import Check, Host
 from ksi.admin.doctor.kernel import (
@@ -31,6 +29,7 @@ from ksi.admin.doctor.runtime import (
     runtime_info,
     subid_ranges,
 )
+from ksi.admin.doctor.slurm import check_kill_wait
 from ksi.admin.doctor.storage import (
     Mount,
     check_data_roots,
@@ -40,13 +39,14 @@ from ksi.admin.doctor.storage import (
     parse_mountinfo,
     per_job_dirs,
 )
+from ksi.settings import Settings
 
 __all__ = ["Check", "Host", "Mount", "mount_of", "parse_kernel_version", "parse_mountinfo", "per_job_dirs",
            "run_checks", "subid_ranges"]
 
 
-def run_checks(host: Host, shared_dir: str, state_dir: Path) -> list[Check]:
-    """Run every check against ``host`` and return them in a fixed order."""
+def run_checks(host: Host, shared_dir: str, settings: Settings) -> list[Check]:
+    """Run every check against ``host`` (ksi's ``settings``: state directory, grace, teardown) in a fixed order."""
     info = runtime_info(host)
     return [
         check_cgroup_v2(host),
@@ -64,5 +64,6 @@ def run_checks(host: Host, shared_dir: str, state_dir: Path) -> list[Check]:
         check_subids(host, "gid"),
         check_data_roots(host),
         check_shared(shared_dir),
-        check_state_dir(host, state_dir),
+        check_state_dir(host, settings.state_dir),
+        check_kill_wait(host, settings),
     ]
