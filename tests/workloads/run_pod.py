@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Test workload: creates a pod running image $1 through the cluster's API and prints how the kubelet saw it.
+"""Test workload: runs a pod of image $1 through the cluster's API and prints how the kubelet saw it.
 
-Prints ``pod <name>: <phase>`` and, for a container that does not run, its waiting reason and message;
-exits 0 when the pod runs, 1 otherwise.
+The pod's one container runs ``true``. Prints ``pod <name>: <phase>`` once the pod ran (Succeeded) or its
+kubelet could not get the image, with the waiting reason and message; exits 0 when it ran, 1 otherwise.
 """
 
 import base64
@@ -11,6 +11,7 @@ import os
 import ssl
 import sys
 import tempfile
+import time
 import urllib.request
 
 import yaml
@@ -20,20 +21,28 @@ with open(os.environ["KUBECONFIG"]) as handle:
     config = yaml.safe_load(handle)
 context = next(c["context"] for c in config["contexts"] if c["name"] == os.environ["K8S_CLUSTER_NAME"])
 cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+api = os.environ["K8S_CLUSTER_API"] + "/api/v1/namespaces/default/pods"
+headers = {"Authorization": "Bearer " + os.environ["K8S_CLUSTER_API_TOKEN"], "Content-Type": "application/json"}
 with tempfile.NamedTemporaryFile("wb", suffix=".crt") as ca:
     ca.write(base64.b64decode(cluster["certificate-authority-data"]))
     ca.flush()
     tls = ssl.create_default_context(cafile=ca.name)
-    body = {"metadata": {"name": name}, "spec": {"containers": [{"name": "main", "image": image}]}}
-    request = urllib.request.Request(
-        os.environ["K8S_CLUSTER_API"] + "/api/v1/namespaces/default/pods", data=json.dumps(body).encode(),
-        headers={"Authorization": "Bearer " + os.environ["K8S_CLUSTER_API_TOKEN"],
-                 "Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, context=tls, timeout=30) as response:
-        status = json.load(response)["status"]
+    body = {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [
+        {"name": "main", "image": image, "command": ["true"]}]}}
+    request = urllib.request.Request(api, data=json.dumps(body).encode(), headers=headers, method="POST")
+    urllib.request.urlopen(request, context=tls, timeout=30).close()
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(urllib.request.Request(f"{api}/{name}", headers=headers), context=tls,
+                                    timeout=30) as response:
+            status = json.load(response).get("status") or {}
+        waiting = [c["state"]["waiting"] for c in status.get("containerStatuses", []) if "waiting" in c["state"]]
+        if status.get("phase") in ("Succeeded", "Failed") or any(w["reason"] != "ContainerCreating" for w in waiting):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"pod {name}: still {status.get('phase')} after 60 s")
+        time.sleep(0.1)
 print(f"pod {name}: {status['phase']}")
-for container in status.get("containerStatuses", []):
-    waiting = container["state"].get("waiting")
-    if waiting:
-        print(f"  {container['image']}: {waiting['reason']}: {waiting['message']}")
-sys.exit(0 if status["phase"] == "Running" else 1)
+for entry in waiting:
+    print(f"  {image}: {entry['reason']}: {entry.get('message', '')}")
+sys.exit(0 if status["phase"] == "Succeeded" else 1)
