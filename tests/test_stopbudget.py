@@ -129,11 +129,11 @@ WARNED = StopBudget(5, "scontrol show config", EndSignal(signal.SIGTERM, 15))
 @pytest.mark.parametrize(("signum", "end", "running", "seconds", "why"), [
     (signal.SIGTERM, 1020.0, True, 25.0, "the time limit in 20 s + KillWait 5 s"),  # the --signal warning
     (signal.SIGTERM, 1080.0, True, 85.0, "the time limit in 80 s + KillWait 5 s"),  # sent up to 60 s early
-    (signal.SIGTERM, 1020.0, False, 5.0, "KillWait 5 s (scontrol show config)"),  # scancel: CANCELLED at once
-    (signal.SIGINT, 1020.0, True, 5.0, "KillWait 5 s (scontrol show config)"),  # not the warning's signal
-    (signal.SIGTERM, 1200.0, True, 5.0, "KillWait 5 s (scontrol show config)"),  # far from the limit
-    (signal.SIGTERM, 999.0, True, 5.0, "KillWait 5 s (scontrol show config)"),  # the limit itself
-    (signal.SIGTERM, None, True, 5.0, "KillWait 5 s (scontrol show config)"),  # squeue did not answer
+    (signal.SIGTERM, 1020.0, False, 5.0, "KillWait 5 s from scontrol show config"),  # scancel: CANCELLED at once
+    (signal.SIGINT, 1020.0, True, 5.0, "KillWait 5 s from scontrol show config"),  # not the warning's signal
+    (signal.SIGTERM, 1200.0, True, 5.0, "KillWait 5 s from scontrol show config"),  # far from the limit
+    (signal.SIGTERM, 999.0, True, 5.0, "KillWait 5 s from scontrol show config"),  # the limit itself
+    (signal.SIGTERM, None, True, 5.0, "KillWait 5 s from scontrol show config"),  # squeue did not answer
 ])
 def test_budget_of_a_stop_signal(signum: int, end: float | None, running: bool, seconds: float, why: str) -> None:
     assert WARNED.at(signum, 1000.0, end, running) == (seconds, why)
@@ -156,8 +156,8 @@ def test_grace_gets_what_teardown_and_margin_leave() -> None:
 
 def test_teardown_need_comes_from_measured_deletes(tmp_path: Path) -> None:
     assert stopbudget.teardown_need([], 20) == (20, "KSI_TEARDOWN_TIMEOUT; no delete measured on this node yet")
-    assert stopbudget.teardown_need([0.4, 1.21, 0.9], 20) == (1.9, "1.5 x the slowest of the last 3 deletes on "
-                                                                  "this node")
+    assert stopbudget.teardown_need([0.4, 1.21, 0.9], 20) == (1.9, "1.5 x the slowest of the last 3 deletes "
+                                                                  "measured on this node")
     assert stopbudget.teardown_need([30.0], 20)[0] == 20  # never more than KSI_TEARDOWN_TIMEOUT
     for seconds in (1, 2, 3, 4, 5, 6.5):
         stopbudget.record_delete(tmp_path, seconds)
@@ -238,8 +238,8 @@ def test_a_short_kill_wait_shortens_the_grace_once_in_one_line(slurm_env: dict[s
         deadline = stop.teardown_deadline()
     assert guard.first_at is not None and deadline == pytest.approx(guard.first_at + 3.5)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert lines == ["stop: 5.0 s until Slurm's SIGKILL (KillWait 5 s (scontrol show config)); the teardown here "
-                     "needs up to 1.8 s (1.5 x the slowest of the last 1 deletes on this node) + 1.5 s margin, so "
+    assert lines == ["stop: 5.0 s until Slurm's SIGKILL (KillWait 5 s from scontrol show config); the teardown here "
+                     "needs up to 1.8 s (1.5 x the one delete measured on this node) + 1.5 s margin, so "
                      "the workload gets 1.7 s of KSI_GRACE_PERIOD=60 s"]
 
 

@@ -75,7 +75,7 @@ class StopBudget:
             left = end - now
             if 0 < left <= warning.lead + WARNING_EARLY:
                 return left + self.kill_wait, f"the time limit in {left:.0f} s + {kill_wait}"
-        return self.kill_wait, f"{kill_wait} ({self.source})"
+        return self.kill_wait, f"{kill_wait} from {self.source}"
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,8 @@ def teardown_need(deletes: Sequence[float], timeout: float) -> tuple[float, str]
     if not deletes:
         return timeout, "KSI_TEARDOWN_TIMEOUT; no delete measured on this node yet"
     need = min(math.ceil(DELETE_FACTOR * max(deletes) * 10) / 10, timeout)
-    return need, f"{DELETE_FACTOR:g} x the slowest of the last {len(deletes)} deletes on this node"
+    which = "the one delete" if len(deletes) == 1 else f"the slowest of the last {len(deletes)} deletes"
+    return need, f"{DELETE_FACTOR:g} x {which} measured on this node"
 
 
 # --- Slurm's text ---------------------------------------------------------------------------------------------
