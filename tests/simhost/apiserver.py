@@ -88,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(payload, str):
             data, ctype = payload.encode(), "text/plain; charset=utf-8"
         else:
-            data, ctype = json.dumps(payload).encode(), reply.content_type
+            data, ctype = json.dumps(payload, separators=(",", ":")).encode(), reply.content_type
         self.send_response(reply.code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))

@@ -28,6 +28,7 @@ from tests.simhost.apimodel import (
     rfc3339,
 )
 
+COMPACT = (",", ":")  # JSON as the API server writes it
 EVENT_WINDOW = 50_000  # watch events kept; a watch from an older resourceVersion gets 410 Gone, as from etcd
 
 
@@ -152,7 +153,7 @@ class Store:
         with self.lock:
             if since in ("", "0"):
                 start = self.revision
-                initial = [json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
+                initial = [json.dumps({"type": "ADDED", "object": obj}, separators=COMPACT).encode() + b"\n"
                            for obj in self.select(res, namespace, labels, fields)]
             else:
                 try:
@@ -195,4 +196,4 @@ class Store:
                 yield b""  # nothing new: a chance for the caller to notice a client that went away
             for event in batch:
                 if wanted(event):
-                    yield json.dumps({"type": event.type, "object": event.obj}).encode() + b"\n"
+                    yield json.dumps({"type": event.type, "object": event.obj}, separators=COMPACT).encode() + b"\n"

@@ -233,7 +233,8 @@ class PodFault:
     """A fault of the pods whose name matches ``pattern`` when they run on ``host`` (any host if empty).
 
     Modes: ``exit`` (the container's command runs, then the container exits with ``value``), ``oom`` (the
-    container is OOM-killed ``value`` seconds after it starts), ``node-lost`` (``value`` seconds after the
+    container is OOM-killed ``value`` seconds after it starts; at once, even a command that ends at once,
+    without a value), ``node-lost`` (``value`` seconds after the
     container starts, the node it runs on stops: NotReady, every pod on it lost), ``slow`` (the container
     starts ``value`` seconds late, as after a slow image pull).
     """

@@ -290,8 +290,8 @@ class JobController:
 def condition(kind: str, reason: str, message: str) -> Obj:
     """Return a Job condition that became True now."""
     now = rfc3339()
-    return {"type": kind, "status": "True", "reason": reason, "message": message, "lastProbeTime": now,
-            "lastTransitionTime": now}
+    return {"type": kind, "status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": reason,
+            "message": message}
 
 
 def is_ready(pod: Obj) -> bool:

@@ -281,7 +281,9 @@ class Kubelet:
                 log.close()
         self.set_status(pod, lambda status: running_status(status, pod, run, started, failures))
         self.say(f"pod {run.namespace}/{name} running ({', '.join(run.processes) or 'no container started'})")
-        if fault and fault.mode in ("oom", "node-lost") and run.processes:
+        if fault and fault.mode == "oom" and not fault.value:  # killed as it starts, however short it runs
+            self._inject(run, "oom", everyone=True)
+        elif fault and fault.mode in ("oom", "node-lost") and run.processes:
             threading.Timer(fault.value, self._inject, args=(run, fault.mode)).start()
         results: dict[str, tuple[int, str, str, str]] = {}
         for cname, process in run.processes.items():
@@ -309,13 +311,14 @@ class Kubelet:
                     self.store.remove(PODS, run.namespace, name)
         self.running.pop(run.uid, None)
 
-    def _inject(self, run: Running, mode: str) -> None:
-        """Fire an ``oom`` or ``node-lost`` fault: kill the container, or lose the whole node."""
+    def _inject(self, run: Running, mode: str, everyone: bool = False) -> None:
+        """Fire an ``oom`` or ``node-lost`` fault: kill the containers still running (``everyone``: all), or
+        lose the whole node."""
         if mode == "node-lost":
             self.node_lost()
             return
         for cname, process in run.processes.items():
-            if process.poll() is None:
+            if everyone or process.poll() is None:
                 run.oom.add(cname)
                 self.say(f"pod {run.namespace}/{run.name} container {cname} OOM-killed (KSI_SIM_FAULTS)")
                 with contextlib.suppress(ProcessLookupError):

@@ -29,7 +29,7 @@ from tests.testbed import bedctl
 
 REPO = Path(__file__).resolve().parents[2]
 # The multi-node example the demo runs, relative to the repository (it is run from there, as a user would).
-DEMO_WORKLOAD = Path("example_workloads/hello.sh")
+DEMO_WORKLOAD = Path("example_workloads/multinode/multinode.sh")
 DEMO_INSTANCE = "demo"
 DEMO_NODES = 3
 SIM_BIN = SIMHOST_DIR / "bin"

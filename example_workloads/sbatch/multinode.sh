@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A batch job that gives a workload one Kubernetes cluster spanning three nodes.
-#   sbatch example_workloads/sbatch-multinode.sh
-#SBATCH --job-name=ksi-example
+#   sbatch example_workloads/sbatch/multinode.sh       (from a directory all nodes share: it becomes /app)
+#SBATCH --job-name=ksi-multinode
 #SBATCH --nodes=3
 #SBATCH --ntasks-per-node=1
 #SBATCH --time=01:00:00
@@ -10,4 +10,4 @@
 #SBATCH --signal=TERM@120
 set -euo pipefail
 # -K1: if one node's ksi fails, the others are stopped (and tear down) instead of waiting forever.
-srun -K1 ksi run example_workloads/hello.sh "$SLURM_SUBMIT_DIR"
+srun -K1 ksi run "$SLURM_SUBMIT_DIR/example_workloads/multinode/multinode.sh" "$SLURM_SUBMIT_DIR"
