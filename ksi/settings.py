@@ -75,9 +75,8 @@ def _chart(text: str) -> str:
 
 
 def _cache_dir(text: str) -> str:
-    if not Path(text).expanduser().is_dir():
-        raise ValueError("is not an existing directory (an image cache written by `ksi images save`)")
-    return str(Path(text).expanduser().absolute())
+    # `ksi images save` creates it; a run finds out whether it holds a cache (its manifest) in the checks.
+    return str(Path(_not_empty(text)).expanduser().absolute())
 
 
 def _url(text: str) -> str:

@@ -188,6 +188,11 @@ def remove_leftovers(directory: Path) -> list[str]:
     return removed
 
 
+def cache_dir(given: str | None, setting: str) -> Path:
+    """Return the cache directory: ``--dir``, else KSI_IMAGE_CACHE, else ``./ksi-images``."""
+    return Path(given or setting or DEFAULT_DIR).expanduser().absolute()
+
+
 def file_name(purpose: str, reference: str, digest: str) -> str:
     """Return the archive name for one image: ``node-kindest-node-v1.37.0-a1ed56cf0b7e.tar``."""
     try:

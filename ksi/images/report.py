@@ -116,7 +116,7 @@ def show(given_dir: str | None, settings: Settings, env: Mapping[str, str], node
     from ksi.tools import proc
     from ksi.tools.liqoctl import Liqoctl
 
-    directory = Path(given_dir or settings.image_cache or manifest.DEFAULT_DIR).expanduser().absolute()
+    directory = manifest.cache_dir(given_dir, settings.image_cache)
     found = read_cache(directory)
     if not isinstance(found, Manifest):
         raise UsageError(found.message, step="images", fix=found.fix.replace(

@@ -47,11 +47,6 @@ class Group:
     file: str = ""  # fixed name; else named after the (single) image and its digest
 
 
-def cache_dir(given: str | None, setting: str) -> Path:
-    """Return the cache directory: ``--dir``, else KSI_IMAGE_CACHE, else ``./ksi-images``."""
-    return Path(given or setting or manifest.DEFAULT_DIR).expanduser().absolute()
-
-
 class Saver:
     """One run of ``ksi images save`` into ``directory``."""
 
@@ -205,7 +200,7 @@ def save(given_dir: str | None, workload: Sequence[str], liqo_version: str | Non
         raise ToolMissingError("nerdctl not found on PATH (it pulls and saves the images)", step="images",
                                fix="run `ksi images save` where rootless nerdctl is installed and has internet")
     version = liqo_version_here(env, liqo_version)
-    directory = cache_dir(given_dir, settings.image_cache)
+    directory = manifest.cache_dir(given_dir, settings.image_cache)
     directory.mkdir(parents=True, exist_ok=True)
     stamps = Stamps(ensure_private_dir(settings.state_dir) / STAMPS)
     started = time.monotonic()
