@@ -19,6 +19,7 @@ from ksi import log
 from ksi import settings as settings_mod
 from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, names, rundir, workload
+from ksi.cluster.api import warm_import
 from ksi.cluster.node import NodeCluster, reserve_port
 from ksi.cluster.peering import Member, peer_all
 from ksi.cluster.stopping import Stopping
@@ -157,9 +158,12 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
               life.phases.seconds["create"], port, api)
     images.start_cluster(me.cluster_name, liqo=True)
     member = Member(me.rank, me.node, me.cluster_name, cluster.kubeconfig, me.plan.node_address)
-    # The leader's API access (a few API calls) goes on while Liqo installs.
+    # The leader's API access (three requests) goes on while Liqo installs.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="access") as pool:
-        granting = pool.submit(issue_token, cluster) if issue_token is not None else None
+        granting = None
+        if issue_token is not None:
+            cluster.api()  # opened here, so that its close joins the teardown from this thread
+            granting = pool.submit(issue_token, cluster)
         with life.phases.phase("liqo install", record, api=api):
             images.liqo_ready()
             Liqoctl(me.kind_env).install_kind(member.endpoint, api, timeout=me.settings.install_timeout,
@@ -219,7 +223,8 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
     providers = [Member(rank, str(d["node"]), str(d["cluster"]), Path(str(d["kubeconfig"])), str(d["address"]))
                  for rank, d in sorted(readies.items())]
     with life.phases.phase("peer", life.record, "peering"):
-        peer_all(Liqoctl(me.kind_env), up.me, providers, up.gateway, settings.peer_timeout, rdv.check_abort)
+        peer_all(Liqoctl(me.kind_env), up.me, up.cluster.api(), providers, up.gateway, settings.peer_timeout,
+                 rdv.check_abort)
     _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
               me.cluster_name, life.phases.seconds["peer"], me.size)
     rdv.publish(PEERED)
@@ -306,12 +311,12 @@ def _location(me: NodeRun) -> Path:
 
 def _prepare_access(me: NodeRun) -> Callable[[NodeCluster], access.Access]:
     """Start loading the kubernetes client and looking up the job's end; return what issues the token."""
-    importing = access.warm_import()
+    importing = warm_import()
     job_end = job_end_lookup(me.slurm, me.environ)
 
     def issue(cluster: NodeCluster) -> access.Access:
         importing.join()
-        return cluster.grant_access(job_end.result())
+        return cluster.grant_access(job_end)
 
     return issue
 

@@ -9,6 +9,7 @@ from ksi import log
 from ksi import settings as settings_mod
 from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, rundir, workload
+from ksi.cluster.api import warm_import
 from ksi.cluster.node import NodeCluster
 from ksi.cluster.stopping import Stopping
 from ksi.errors import UsageError
@@ -52,7 +53,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         port = cluster.reserve_port(plan.port)
         record.save(port=port)
 
-        importing = access.warm_import()
+        importing = warm_import()
         job_end = job_end_lookup(slurm, environ)
         with phases.phase("create"):
             images.node_image_ready()
@@ -62,7 +63,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         images.start_cluster(name, liqo=False)
         with phases.phase("access", record, api=api):
             importing.join()
-            grant = cluster.grant_access(job_end.result())
+            grant = cluster.grant_access(job_end)
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
 
