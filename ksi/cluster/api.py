@@ -42,13 +42,6 @@ def load_client() -> None:
     from kubernetes.config import kube_config  # noqa: F401
 
 
-def warm_import() -> threading.Thread:
-    """Start loading the kubernetes client in a thread, to overlap it with kind's work; return the thread."""
-    thread = threading.Thread(target=load_client, daemon=True, name="import-kubernetes")
-    thread.start()
-    return thread
-
-
 @dataclass(frozen=True)
 class Response:
     """An API server's answer: HTTP status and the decoded JSON body ({} when there is none)."""
