@@ -8,15 +8,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.ksi_helpers import WORKLOADS, KsiRunner
+from tests.ksi_helpers import ACCESS_REQUESTS, WORKLOADS, KsiRunner
 from tests.simhost.apiserver import logged_requests
 from tests.simhost.plugin import SimHost
-
-ACCESS_REQUESTS = {  # what granting the workload its token needs, and nothing else
-    ("POST", "/api/v1/namespaces/kube-system/serviceaccounts"),
-    ("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
-    ("POST", "/api/v1/namespaces/kube-system/serviceaccounts/admin-user/token"),
-}
 
 
 def claims(token: str) -> dict[str, Any]:
