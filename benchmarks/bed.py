@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import LATENCIES, Usage, faults, ksi_argv, median, usage, workload
+from benchmarks.common import LATENCIES, Usage, faults, image_cache, ksi_argv, median, usage, workload
 from ksi.cluster import kindconfig
 from ksi.settings import DEFAULT_NODE_IMAGE
 from tests.simhost.plugin import SimHost
@@ -26,8 +26,10 @@ from tests.testbed.plugin import SlurmBed, bring_up
 NODES = (1, 3, 6)
 TIMEOUT = 300.0
 
-# The tool calls of one node of `ksi run`, in ksi's order and with its parallelism, writing
-# $BENCH_DIR/tools-ready when the workload could start; then each node deletes its cluster.
+# The tool calls of one node of `ksi run --image-cache`, in ksi's order and with its parallelism (the checks
+# side by side; loading the node image beside the stale-cluster listing; Liqo's images, then Liqo; the
+# leader peers every node at once once all are ready), writing $BENCH_DIR/tools-ready when the workload
+# could start; then each node deletes its cluster.
 TOOLS_SCRIPT = r"""
 set -e
 cd "$BENCH_DIR"
@@ -35,16 +37,19 @@ rank=$SLURM_PROCID size=$SLURM_STEP_NUM_NODES node=$SLURMD_NODENAME
 name="b-$node" kc="$BENCH_DIR/kc-$node"
 kind version >/dev/null &
 if [ "$size" -gt 1 ]; then liqoctl version --client >/dev/null & liqoctl peer --help >/dev/null & fi
+nerdctl image inspect --format '{{json .}}' "$NODE_IMAGE" >/dev/null 2>&1 &
 wait
+nerdctl load -i "$NODE_ARCHIVE" >/dev/null &
 nerdctl ps -a --no-trunc --filter label=io.x-k8s.kind.cluster --format '{{json .}}' >/dev/null &
 kind get clusters >/dev/null 2>&1 &
 wait
 role=follower; [ "$rank" = 0 ] && role=leader
 kind create cluster --name "$name" --config "config-$node-$role.yaml" --kubeconfig "$kc" --wait 180s 2>/dev/null
 if [ "$size" -gt 1 ]; then
+    kind load image-archive --name "$name" $LIQO_ARCHIVES >/dev/null 2>&1
     server=$(sed -n 's/^ *server: *//p' "$kc")
     liqoctl install kind --kubeconfig "$kc" --context "kind-$name" --cluster-id "$name" --timeout 600s \
-        --disable-telemetry --set "apiServer.address=$server" --skip-confirm >/dev/null
+        --disable-telemetry --set "apiServer.address=$server" --skip-confirm --local-chart-path "$CHART" >/dev/null
     echo "$node" > "ready-$rank.tmp" && mv "ready-$rank.tmp" "ready-$rank"
 fi
 if [ "$rank" = 0 ]; then
@@ -103,17 +108,24 @@ class Figures:
 
 
 class Bench:
-    """The test bed and the simulated host that every run uses."""
+    """The test bed and the image cache every run uses (each run on a fresh simulated host)."""
 
     def __init__(self, bed: SlurmBed) -> None:
         self.bed = bed
+        self.cache_dir = bed.shared_dir("bench-cache")
+        self.cache = image_cache(self.cache_dir)
+
+    def close(self) -> None:
+        """Remove the image cache."""
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def _shared(self, prefix: str) -> tuple[Path, SimHost, dict[str, str]]:
         shared = self.bed.shared_dir(prefix)
         host = SimHost(root=shared / "sim")
         host.root.mkdir()
         env = host.env(self.bed.env(), KSI_STATE_DIR=str(self.bed.private_dir / f"bench-{shared.name}"),
-                       KSI_SYSTEMD_SCOPE="never", KSI_SIM_FAULTS=faults(), BENCH_DIR=str(shared))
+                       KSI_SYSTEMD_SCOPE="never", KSI_SIM_FAULTS=faults(), BENCH_DIR=str(shared),
+                       KSI_IMAGE_CACHE=str(self.cache.directory))
         env.pop("K8S_PORT", None)
         return shared, host, env
 
@@ -145,9 +157,14 @@ class Bench:
                 (shared / f"config-{node.name}-{role}.yaml").write_text(kindconfig.render(config))
         try:
             started = time.time()
-            subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "bash", "-c", TOOLS_SCRIPT],
-                           env={**env, "GATEWAY": str(gateway)}, cwd=shared, capture_output=True, text=True,
-                           timeout=TIMEOUT, check=True)
+            files = {"GATEWAY": str(gateway), "NODE_IMAGE": DEFAULT_NODE_IMAGE,
+                     "NODE_ARCHIVE": str(self.cache.node_archive), "CHART": str(self.cache.chart),
+                     "LIQO_ARCHIVES": " ".join(map(str, self.cache.liqo_archives))}
+            result = subprocess.run(["srun", f"-N{nodes}", "--ntasks-per-node=1", "bash", "-c", TOOLS_SCRIPT],
+                                    env=env | files, cwd=shared, capture_output=True, text=True, timeout=TIMEOUT,
+                                    check=False)
+            if result.returncode != 0:
+                raise SystemExit(f"srun -N{nodes} of the tools alone failed:\n{result.stderr}")
             return float((shared / "tools-ready").read_text()) - started
         finally:
             host.kill_all()
@@ -158,10 +175,13 @@ def measure(runs: int, instance: str | None) -> list[Figures]:
     """Bring the bed up with six nodes and alternate node counts and sides ``runs`` times."""
     bench = Bench(bring_up(max(NODES), 5, instance))
     figures = [Figures(n) for n in NODES]
-    for _ in range(runs):
-        for entry in figures:
-            entry.ksi.append(bench.ksi(entry.nodes))
-            entry.tools.append(bench.tools(entry.nodes))
+    try:
+        for _ in range(runs):
+            for entry in figures:
+                entry.ksi.append(bench.ksi(entry.nodes))
+                entry.tools.append(bench.tools(entry.nodes))
+    finally:
+        bench.close()
     return figures
 
 

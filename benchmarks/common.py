@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.simhost.common import FAULT_OPS
+from tests.simhost.helmrepo import HelmRepo
+from tests.simhost.plugin import SimHost
 
 # Seconds each step of the simulated tools takes on top of its own run time (tests/simhost, KSI_SIM_FAULTS
 # slow=SECONDS), and the fault operations that carry it.
@@ -25,6 +29,40 @@ def faults(latencies: Mapping[str, float] = LATENCIES) -> str:
 def modelled_steps() -> list[str]:
     """Return the steps whose latency the simulated host can inject (image load only once it models one)."""
     return [step for step in LATENCIES if OPS[step]]
+
+
+@dataclass(frozen=True)
+class Cache:
+    """An image cache written by ``ksi images save``, and the files of it that a run loads."""
+
+    directory: Path
+    node_archive: Path
+    liqo_archives: tuple[Path, ...]
+    chart: Path
+
+
+def image_cache(directory: Path) -> Cache:
+    """Write an image cache into ``directory`` with ``ksi images save`` (Liqo's chart from a local repository)."""
+    host = SimHost(root=directory / "save-host")
+    host.root.mkdir(parents=True)
+    (directory / "save-state").mkdir(mode=0o700)
+    repo = HelmRepo(host.root, ("v1.0.0",)).start()
+    cache = directory / "images"
+    try:
+        result = subprocess.run([sys.executable, "-m", "ksi", "images", "save", "--dir", str(cache)],
+                                env=host.env(KSI_LIQO_CHART_REPO=repo.url, KSI_STATE_DIR=str(directory / "save-state")),
+                                cwd=directory, capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        repo.stop()
+        host.kill_all()
+    if result.returncode != 0:
+        raise SystemExit(f"ksi images save failed:\n{result.stderr}")
+    entries = json.loads((cache / "manifest.json").read_text())["entries"]
+
+    def files(purpose: str) -> tuple[Path, ...]:
+        return tuple(cache / name for name in dict.fromkeys(e["file"] for e in entries if e["purpose"] == purpose))
+
+    return Cache(cache, files("node")[0], files("liqo"), files("liqo-chart")[0])
 
 
 def workload(directory: Path) -> Path:
