@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parent.parent
 KSI = str(Path(sys.executable).parent / "ksi")
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
+# The requests ksi makes to grant the workload its token (and nothing else): in a cluster's API log, each once.
+ACCESS_REQUESTS = frozenset({
+    ("POST", "/api/v1/namespaces/kube-system/serviceaccounts"),
+    ("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
+    ("POST", "/api/v1/namespaces/kube-system/serviceaccounts/admin-user/token"),
+})
+
 # These machines mount a v1/v2 hybrid; the nodes ksi targets mount cgroup v2. A private mount namespace
 # with cgroup2 at /sys/fs/cgroup gives ksi the view it checks for (the process keeps unshare's pid).
 CGROUP2 = ("unshare", "--mount", "--propagation", "private", "sh", "-c",

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.ksi_helpers import KSI, WORKLOADS, wait_for
+from tests.ksi_helpers import ACCESS_REQUESTS, KSI, WORKLOADS, wait_for
+from tests.simhost.apiserver import logged_requests
 from tests.simhost.plugin import SimHost
 from tests.testbed import bedctl
 from tests.testbed.plugin import SlurmBed
@@ -172,8 +173,10 @@ def workload(multi: Multi, name: str, body: str) -> Path:
 def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) -> None:
     report = multi.shared / "report.json"
     ran = multi.shared / "ran-on"
+    api_log = multi.shared / "leader-api.log"
     wrapper = workload(multi, "w.sh", f"""\
         hostname >> "{ran}"
+        cp "$KSI_SIM_ROOT/$(hostname)"/*/containers/*/node.log "{api_log}"
         exec "{WORKLOADS / 'check_env.py'}" "$@"
         """)
     result = multi.srun(wrapper, "--", str(report), srun_flags=("--ntasks-per-node=1", "--time=180"))
@@ -205,6 +208,11 @@ def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) 
         assert f"ksi[{node}] teardown: done" in result.stderr
     assert "peer: 2 cluster(s) peered" in result.stderr
     assert data["token"] not in result.stdout + result.stderr
+    # ksi's requests to the leader's API (the token, then the virtual nodes) share one connection
+    mine = [r for r in logged_requests(api_log.read_text()) if r.user == "kubernetes-admin" and (
+        (r.method, r.path) in ACCESS_REQUESTS or (r.method, r.path) == ("GET", "/api/v1/nodes"))]
+    assert sorted((r.method, r.path) for r in mine if (r.method, r.path) in ACCESS_REQUESTS) == sorted(ACCESS_REQUESTS)
+    assert any(r.path == "/api/v1/nodes" for r in mine) and len({r.port for r in mine}) == 1, mine
     multi.assert_clean()
 
 

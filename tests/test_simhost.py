@@ -21,6 +21,7 @@ import yaml
 from kubernetes import client, config
 
 from tests.simhost import liqochart
+from tests.simhost.apiserver import logged_requests
 from tests.simhost.common import NOT_MODELLED_EXIT, alive
 from tests.simhost.plugin import SimHost
 
@@ -459,6 +460,23 @@ def test_token_works_only_after_the_cluster_admin_binding_and_until_it_expires(s
     log = Path(simhost.containers()[0]["log"]).read_text()
     assert "system:serviceaccount:kube-system:admin-user" in log and long_lived not in log
     admin.close()
+
+
+def test_the_container_log_tells_the_api_clients_connections_apart(simhost: SimHost, tmp_path: Path) -> None:
+    create(simhost, "alpha", tmp_path / "k")
+    first = config.new_client_from_config(config_file=str(tmp_path / "k"))  # type: ignore[no-untyped-call]
+    second = config.new_client_from_config(config_file=str(tmp_path / "k"))  # type: ignore[no-untyped-call]
+    with first, second:
+        client.CoreV1Api(first).list_node()
+        client.CoreV1Api(first).read_namespace("default")  # kept alive: the same connection
+        client.CoreV1Api(second).list_node()
+    [record] = simhost.containers()
+    requests = [r for r in logged_requests(Path(record["dir"], "node.log").read_text())
+                if r.path in ("/api/v1/nodes", "/api/v1/namespaces/default")]
+    nodes, namespace = ("GET", "/api/v1/nodes", 200), ("GET", "/api/v1/namespaces/default", 200)
+    assert [(r.method, r.path, r.status) for r in requests] == [nodes, namespace, nodes]
+    assert {r.user for r in requests} == {"kubernetes-admin"}
+    assert requests[0].port == requests[1].port != requests[2].port
 
 
 def test_token_requests_below_ten_minutes_are_invalid_by_default(simhost: SimHost, tmp_path: Path) -> None:

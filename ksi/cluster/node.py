@@ -6,11 +6,13 @@ before it acts, so whatever stops the run, nothing it made outlives it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ksi.cluster import access, kindconfig, rundir
+from ksi.cluster.api import ClusterApi
 from ksi.cluster.delete import delete_cluster
 from ksi.cluster.kubeconfig import write_cluster_kubeconfig
 from ksi.cluster.teardown import Teardown
@@ -49,6 +51,7 @@ class NodeCluster:
         self._runtime = runtime_for(settings.provider, kind_env)
         self._teardown = teardown
         self._registry = Registry(settings.state_dir)
+        self._api: ClusterApi | None = None
 
     def reserve_port(self, wanted: int | None, *, udp: bool = False) -> int:
         """Reserve a port on this node for this cluster (released at teardown)."""
@@ -73,7 +76,14 @@ class NodeCluster:
         delete_cluster(self._kind, self._runtime, self._registry, self.name, self.run_dir,
                        self._teardown.time_left(self.settings.teardown_timeout), self.settings.state_dir)
 
-    def grant_access(self, job_end: int | None) -> access.Access:
-        """Create the admin ServiceAccount and return a token that outlives the job."""
-        lifetime = access.token_lifetime(time.time(), job_end, self.settings.token_ttl)
-        return access.grant_admin(self.kubeconfig, self.name, lifetime)
+    def api(self) -> ClusterApi:
+        """Return the run's one client of this cluster's API (closed at teardown, before the cluster goes)."""
+        if self._api is None:
+            self._api = ClusterApi(self.kubeconfig, self.name, self.run_dir / rundir.API_CLIENT_FILES)
+            self._teardown.push("close the API connection", self._api.close)
+        return self._api
+
+    def grant_access(self, job_end: concurrent.futures.Future[int | None]) -> access.Access:
+        """Create the admin ServiceAccount and return a token that outlives the job (``job_end``: its end)."""
+        return access.grant_admin(self.api(), lambda: access.token_lifetime(time.time(), job_end.result(),
+                                                                            self.settings.token_ttl))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksi import log
-from ksi.cluster.access import REQUEST_TIMEOUT, call_api
+from ksi.cluster.api import ClusterApi
 from ksi.errors import KsiError
 from ksi.host.poll import completed, poll
 from ksi.tools.liqoctl import Endpoint, Liqoctl
@@ -41,29 +41,28 @@ class Member:
         return Endpoint(self.kubeconfig, self.cluster, self.cluster)
 
 
-def ready_virtual_nodes(kubeconfig: Path, context: str) -> set[str]:
-    """Return the remote cluster ids of the Liqo virtual nodes that are Ready in this cluster."""
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig), context=context)
-    with api_client:
-        nodes = call_api(lambda: client.CoreV1Api(api_client).list_node(
-            label_selector=VIRTUAL_NODE_SELECTOR, _request_timeout=REQUEST_TIMEOUT), "list virtual nodes")
+def ready_virtual_nodes(api: ClusterApi) -> set[str]:
+    """Return the remote cluster ids of the Liqo virtual nodes that are Ready in ``api``'s cluster."""
+    response = api.request("GET", "/api/v1/nodes", "list virtual nodes", query={"labelSelector": VIRTUAL_NODE_SELECTOR},
+                           step="peer")
+    if response.status != 200:
+        raise KsiError(f"list virtual nodes failed: {response.message()}", step="peer",
+                       fix="see the DEBUG log in the run directory")
     ready = set()
-    for node in nodes.items:
-        conditions = node.status.conditions if node.status and node.status.conditions else []
-        if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            labels = node.metadata.labels or {}
-            ready.add(labels.get(REMOTE_CLUSTER_LABEL, node.metadata.name))
+    for node in response.body.get("items") or []:
+        status = node.get("status") or {}
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+            metadata = node.get("metadata") or {}
+            ready.add(str((metadata.get("labels") or {}).get(REMOTE_CLUSTER_LABEL) or metadata.get("name")))
     return ready
 
 
-def peer_all(liqoctl: Liqoctl, consumer: Member, providers: Sequence[Member], gateway_port: int, timeout: float,
-             every: Callable[[], None]) -> None:
+def peer_all(liqoctl: Liqoctl, consumer: Member, api: ClusterApi, providers: Sequence[Member], gateway_port: int,
+             timeout: float, every: Callable[[], None]) -> None:
     """Peer every provider to ``consumer``, all at once, then wait until each one's virtual node is Ready.
 
-    ``every`` runs while the virtual nodes are awaited (it raises to stop waiting: another node aborted).
+    ``api`` is the consumer's API; ``every`` runs while the virtual nodes are awaited (it raises to stop
+    waiting: another node aborted).
     """
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(providers), 1), thread_name_prefix="peer")
     try:
@@ -87,7 +86,7 @@ def peer_all(liqoctl: Liqoctl, consumer: Member, providers: Sequence[Member], ga
 
     def all_ready() -> bool | None:
         seen.clear()
-        seen.update(ready_virtual_nodes(consumer.kubeconfig, consumer.cluster))
+        seen.update(ready_virtual_nodes(api))
         return True if seen >= wanted else None
 
     poll("the virtual nodes", all_ready, timeout=timeout, interval=VIRTUAL_NODE_POLL, every=every,

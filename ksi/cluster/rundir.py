@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 import time
@@ -21,7 +22,8 @@ KUBECONFIG = "kubeconfig"
 KSI_LOG = "ksi.log"
 WORKLOAD_LOG = "workload.log"
 RECORD = "run.json"
-SECRETS = (KUBECONFIG,)
+API_CLIENT_FILES = ".kube-client"  # the kubernetes client's copies of the kubeconfig's certificates and key
+SECRETS = (KUBECONFIG, API_CLIENT_FILES)
 
 
 def check_shared_dir(text: str) -> Path | Problem:
@@ -65,8 +67,12 @@ def remove_secrets(run_dir: Path) -> list[str]:
     """Delete the kubeconfig and other secrets of a finished run, keeping logs; return what was removed."""
     removed = []
     for name in SECRETS:
+        path = run_dir / name
         with contextlib.suppress(FileNotFoundError):
-            (run_dir / name).unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             removed.append(name)
     return removed
 

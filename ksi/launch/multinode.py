@@ -9,6 +9,7 @@ down its own cluster.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ksi.host.poll import completed
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext, expand_nodelist
 from ksi.images.load import NodeImages
+from ksi.launch import warm
 from ksi.launch.lifecycle import Lifecycle, Phases, RunOptions, job_end_lookup, workload_environment
 from ksi.launch.preflight import Plan, kind_environment, run_checks
 from ksi.launch.rendezvous import (
@@ -109,6 +111,7 @@ class Up:
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run this rank's part of a multi-node run; return the workload's status (on every rank)."""
     phases = Phases()
+    warming = warm.start(client=slurm.procid == 0)
     with phases.phase("checks"):
         check_layout(slurm, environ)
         settings, problems = settings_mod.load(environ, opts.overrides)
@@ -126,15 +129,18 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         if settings.clean_stale:
             remove_stale(settings, kind_env)
-        up = bring_up(me, life, images)
+        up = bring_up(me, life, images, warming)
         life.status = lead(me, life, up) if me.leads else follow(me, life, up)
     return life.status
 
 
 # --- every node ---------------------------------------------------------------------------------------------
 
-def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
-    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready."""
+def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, warming: threading.Thread) -> Up:
+    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready.
+
+    ``warming`` imports the kubernetes client (on the leader) in the background.
+    """
     rdv, port, gateway = open_as_leader(me, life) if me.leads else join_as_follower(me, life)
     beat = Heartbeat(rdv)
     beat.start()
@@ -149,7 +155,7 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
     record.save(state="creating", phases=life.phases.seconds)
     cluster = NodeCluster(me.cluster_name, me.node, me.slurm.job_id, node_dir, me.settings, me.plan.shared_dir,
                           me.plan.kind_wrapper, me.kind_env, life.teardown)
-    issue_token = _prepare_access(me) if me.leads else None
+    issue_token = _prepare_access(me, warming) if me.leads else None
     with life.phases.phase("create"):
         images.node_image_ready()
         api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,))
@@ -157,9 +163,12 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
               life.phases.seconds["create"], port, api)
     images.start_cluster(me.cluster_name, liqo=True)
     member = Member(me.rank, me.node, me.cluster_name, cluster.kubeconfig, me.plan.node_address)
-    # The leader's API access (a few API calls) goes on while Liqo installs.
+    # The leader's API access (three requests) goes on while Liqo installs.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="access") as pool:
-        granting = pool.submit(issue_token, cluster) if issue_token is not None else None
+        granting = None
+        if issue_token is not None:
+            cluster.api()  # opened here, so that its close joins the teardown from this thread
+            granting = pool.submit(issue_token, cluster)
         with life.phases.phase("liqo install", record, api=api):
             images.liqo_ready()
             Liqoctl(me.kind_env).install_kind(member.endpoint, api, timeout=me.settings.install_timeout,
@@ -219,7 +228,8 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
     providers = [Member(rank, str(d["node"]), str(d["cluster"]), Path(str(d["kubeconfig"])), str(d["address"]))
                  for rank, d in sorted(readies.items())]
     with life.phases.phase("peer", life.record, "peering"):
-        peer_all(Liqoctl(me.kind_env), up.me, providers, up.gateway, settings.peer_timeout, rdv.check_abort)
+        peer_all(Liqoctl(me.kind_env), up.me, up.cluster.api(), providers, up.gateway, settings.peer_timeout,
+                 rdv.check_abort)
     _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
               me.cluster_name, life.phases.seconds["peer"], me.size)
     rdv.publish(PEERED)
@@ -304,14 +314,13 @@ def _location(me: NodeRun) -> Path:
     return Rendezvous.location(me.plan.shared_dir, me.slurm.job_id, me.slurm.step_id, me.slurm.restart_count)
 
 
-def _prepare_access(me: NodeRun) -> Callable[[NodeCluster], access.Access]:
-    """Start loading the kubernetes client and looking up the job's end; return what issues the token."""
-    importing = access.warm_import()
+def _prepare_access(me: NodeRun, importing: threading.Thread) -> Callable[[NodeCluster], access.Access]:
+    """Start looking up the job's end; return what issues the token once ``importing`` has loaded the client."""
     job_end = job_end_lookup(me.slurm, me.environ)
 
     def issue(cluster: NodeCluster) -> access.Access:
         importing.join()
-        return cluster.grant_access(job_end.result())
+        return cluster.grant_access(job_end)
 
     return issue
 

@@ -15,6 +15,7 @@ from ksi.errors import UsageError
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext
 from ksi.images.load import NodeImages
+from ksi.launch import warm
 from ksi.launch.lifecycle import Lifecycle, Phases, RunOptions, job_end_lookup, workload_environment
 from ksi.launch.preflight import kind_environment, run_checks
 
@@ -24,6 +25,7 @@ _log = log.get(__name__)
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run the workload against a fresh cluster on this node and tear everything down; return the status."""
     phases = Phases()
+    warming = warm.start(client=True)
     with phases.phase("checks"):
         if slurm.ntasks > 1:
             raise UsageError(f"this step runs {slurm.ntasks} tasks on one node; ksi needs exactly one task per "
@@ -52,7 +54,6 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         port = cluster.reserve_port(plan.port)
         record.save(port=port)
 
-        importing = access.warm_import()
         job_end = job_end_lookup(slurm, environ)
         with phases.phase("create"):
             images.node_image_ready()
@@ -61,8 +62,8 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
                   port, api)
         images.start_cluster(name, liqo=False)
         with phases.phase("access", record, api=api):
-            importing.join()
-            grant = cluster.grant_access(job_end.result())
+            warming.join()
+            grant = cluster.grant_access(job_end)
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
 

@@ -7,10 +7,12 @@ node-container process runs with ``python -S``).
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import sys
 import threading
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socket import socket
@@ -76,10 +78,12 @@ class Handler(BaseHTTPRequestHandler):
             reply = Reply(exc.code, exc.status())
         except Exception as exc:  # a bug in the simulation: answer it loudly instead of dropping the connection
             reply = Reply(500, ApiError(500, "InternalError", f"simulated API server failed: {exc!r}").status())
-        where = f'{self.client_address[0]} {user.name} "{method} {urlsplit(self.path).path}"'
+        host, port = self.client_address[:2]
+        where = f'{host}:{port} {user.name} "{method} {urlsplit(self.path).path}"'
         if isinstance(reply.body, dict | str):
-            self._send(method, reply, reply.body)
+            # Logged before the answer goes out: a client that has its answer finds the request in the log.
             self.server.write_log(f"{where} {reply.code}")
+            self._send(method, reply, reply.body)
             return
         self.server.write_log(f"{where} {reply.code} (streaming)")
         self._stream(reply)
@@ -168,6 +172,35 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         """Serve PATCH (answered with 405: not modelled)."""
         self._dispatch("PATCH")
+
+
+# What ApiServer writes to the container log for each request: time, client address and port, user, request
+# line (method and path, without the query), status.
+REQUEST_LINE = re.compile(r'^(?P<time>\S+) (?P<client>\S+):(?P<port>\d+) (?P<user>\S+) '
+                          r'"(?P<method>[A-Z]+) (?P<path>\S+)" (?P<status>\d{3})( \(streaming\))?$')
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request as the container log shows it; ``port`` is the client's, so it tells connections apart."""
+
+    client: str
+    port: int
+    user: str
+    method: str
+    path: str
+    status: int
+
+
+def logged_requests(log: str) -> list[LoggedRequest]:
+    """Return the requests in a node container's log, in order (other lines are skipped)."""
+    found = []
+    for line in log.splitlines():
+        match = REQUEST_LINE.match(line)
+        if match:
+            found.append(LoggedRequest(match["client"], int(match["port"]), match["user"], match["method"],
+                                       match["path"], int(match["status"])))
+    return found
 
 
 def make_server(sock: socket, spec: Obj, pki_dir: str, log: TextIO, cdir: Path | None = None,

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of ksi run (targets live here, not in the tests)."""
