@@ -1,0 +1,139 @@
+"""The requests of the cluster executor's workers: create an attempt's Job, report its end with its log, delete it.
+
+Each runs in a worker thread of :class:`~ksi.tasks.cluster.ClusterExecutor` and touches the executor's
+state only by reading an attempt's :class:`~ksi.tasks.cluster.Live` record.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ksi import log
+from ksi.tasks import jobs, kube
+from ksi.tasks import results as res
+from ksi.tasks.jobs import PodEnd
+from ksi.tasks.runner import Ended
+
+if TYPE_CHECKING:
+    from ksi.tasks.cluster import ClusterExecutor, Live
+
+_log = log.get(__name__)
+LOG_TIMEOUT = (5, 60)  # a log of a lost node's pod may not come at all
+_RETRIABLE = frozenset({409, 429, 500, 502, 503, 504})
+
+
+def create(executor: ClusterExecutor, live: Live, previous: concurrent.futures.Future[None] | None,
+           retry_for: float) -> Ended | None:
+    """Create the attempt's Job; return an ``Error`` end when the API refuses it (None on success).
+
+    A Job of the same name that an earlier attempt left is still being deleted: wait for that deletion,
+    then retry while the API answers 409 (or a transient error) for up to ``retry_for`` seconds.
+    """
+    attempt = live.attempt
+    spec = executor.spec
+    if previous is not None:
+        concurrent.futures.wait([previous], timeout=retry_for)
+    manifest = jobs.job_manifest(spec.name, attempt.task.name, attempt.number, spec.image, attempt.command.argv,
+                                 executor.environment(attempt), dict(spec.resources), live.node, spec.timeout)
+    deadline = time.monotonic() + retry_for
+    pause = 0.1
+    while True:
+        try:
+            executor.api.batch.create_namespaced_job(executor.namespace, manifest, _preload_content=False,
+                                                     _request_timeout=kube.REQUEST_TIMEOUT).release_conn()
+            return None
+        except Exception as exc:
+            status = kube.status_of(exc)
+            transient = status is None or status in _RETRIABLE
+            if not transient or time.monotonic() > deadline or executor.stopping.is_set():
+                return Ended(attempt, res.ERROR, None, live.node, None, time.time(), None,
+                             f"the Job could not be created: {kube.message_of(exc)}")
+            _log.debug("create job %s: %s; again in %.1f s", attempt.task.name, kube.message_of(exc), pause)
+            executor.stopping.wait(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def report(executor: ClusterExecutor, live: Live, end: PodEnd | None) -> Ended:
+    """Return how the attempt ended, with its complete log fetched from pods/log (when it has a pod)."""
+    attempt = live.attempt
+    name = attempt.task.name
+    if end is None:  # the Job ended but the watch showed no pod end: look the pod up
+        end = _end_from_api(executor, live)
+    reason, message = end.reason, end.message
+    if reason in res.FAILURES and executor.spec.timeout is not None and not live.deadline and _deadline(executor,
+                                                                                                        name):
+        reason, message = res.DEADLINE, f"ran longer than the timeout of {executor.spec.timeout} s"
+    log: Path | None = None
+    if live.pod is not None:
+        log, problem = fetch_log(executor, live)
+        if problem:
+            message = f"{message}; {problem}" if message else problem
+    exit_code = end.exit_code if reason != res.STOPPED else None
+    return Ended(attempt, reason, exit_code, live.pod_node or live.node, end.start or live.started,
+                 end.end or time.time(), log, message)
+
+
+def _end_from_api(executor: ClusterExecutor, live: Live) -> PodEnd:
+    selector = f"{jobs.TASK_LABEL}={live.attempt.task.name},{jobs.ATTEMPT_LABEL}={live.attempt.number}"
+    try:
+        pods = kube.raw(executor.api.core.list_namespaced_pod(executor.namespace, label_selector=selector,
+                                                              _preload_content=False,
+                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+    except Exception as exc:
+        return PodEnd(res.ERROR, None, f"the Job ended; its pod could not be read: {kube.message_of(exc)}",
+                      live.started, None)
+    for pod in pods.get("items") or []:
+        live.pod = kube.name(pod)
+        live.pod_node = (pod.get("spec") or {}).get("nodeName") or live.pod_node
+        found = jobs.pod_end(pod)
+        if found is not None:
+            return found
+    return PodEnd(res.ERROR, None, "the Job ended without a pod that ran", live.started, None)
+
+
+def _deadline(executor: ClusterExecutor, name: str) -> bool:
+    """True when the attempt's Job says it ran past its deadline (a killed pod looks like a failure)."""
+    try:
+        job = kube.raw(executor.api.batch.read_namespaced_job(name, executor.namespace, _preload_content=False,
+                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+    except Exception:
+        return False
+    return jobs.deadline_exceeded(job)
+
+
+def fetch_log(executor: ClusterExecutor, live: Live) -> tuple[Path | None, str]:
+    """Stream the attempt's log from pods/log into a file; return it, or None and why it is missing."""
+    target = executor.partial_dir / f"{live.attempt.task.name}.{live.attempt.number}.log"
+    try:
+        response = executor.api.core.read_namespaced_pod_log(live.pod, executor.namespace, container=jobs.CONTAINER,
+                                                             _preload_content=False, _request_timeout=LOG_TIMEOUT)
+        try:
+            with target.open("wb") as out:
+                for chunk in response.stream(65536):
+                    out.write(chunk)
+        finally:
+            response.release_conn()
+    except Exception as exc:
+        target.unlink(missing_ok=True)
+        return None, f"log unavailable: {kube.message_of(exc)}"
+    return target, ""
+
+
+def delete(executor: ClusterExecutor, name: str) -> None:
+    """Delete the Job ``name`` (its pods go with it); a Job already gone is fine."""
+    for pause in (0.2, 1.0, 0.0):
+        try:
+            executor.api.batch.delete_namespaced_job(name, executor.namespace, propagation_policy="Background",
+                                                     _preload_content=False,
+                                                     _request_timeout=kube.REQUEST_TIMEOUT).release_conn()
+            return
+        except Exception as exc:
+            if kube.status_of(exc) == 404:
+                return
+            problem = kube.message_of(exc)
+        if pause:
+            time.sleep(pause)
+    _log.warning("tasks: could not delete Job %s: %s (it goes with the cluster)", name, problem)
