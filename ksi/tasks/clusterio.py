@@ -42,11 +42,14 @@ def create(executor: ClusterExecutor, live: Live, previous: concurrent.futures.F
     pause = 0.1
     while True:
         try:
-            executor.api.batch.create_namespaced_job(executor.namespace, manifest, _preload_content=False,
-                                                     _request_timeout=kube.REQUEST_TIMEOUT).release_conn()
+            kube.discard(executor.api.batch.create_namespaced_job(executor.namespace, manifest,
+                                                                  _preload_content=False,
+                                                                  _request_timeout=kube.REQUEST_TIMEOUT))
             return None
         except Exception as exc:
             status = kube.status_of(exc)
+            if status == 409 and _exists(executor, attempt.task.name, attempt.number):
+                return None  # an earlier try of this very request created it (its answer was lost)
             transient = status is None or status in _RETRIABLE
             if not transient or time.monotonic() > deadline or executor.stopping.is_set():
                 return Ended(attempt, res.ERROR, None, live.node, None, time.time(), None,
@@ -54,6 +57,16 @@ def create(executor: ClusterExecutor, live: Live, previous: concurrent.futures.F
             _log.debug("create job %s: %s; again in %.1f s", attempt.task.name, kube.message_of(exc), pause)
             executor.stopping.wait(pause)
             pause = min(pause * 2, 2.0)
+
+
+def _exists(executor: ClusterExecutor, name: str, number: int) -> bool:
+    """True when the Job ``name`` that exists now is the one of attempt ``number`` (not an earlier one's)."""
+    try:
+        job = kube.raw(executor.api.batch.read_namespaced_job(name, executor.namespace, _preload_content=False,
+                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+    except Exception:
+        return False
+    return kube.labels(job).get(jobs.ATTEMPT_LABEL) == str(number)
 
 
 def report(executor: ClusterExecutor, live: Live, end: PodEnd | None) -> Ended:
@@ -110,12 +123,17 @@ def fetch_log(executor: ClusterExecutor, live: Live) -> tuple[Path | None, str]:
     try:
         response = executor.api.core.read_namespaced_pod_log(live.pod, executor.namespace, container=jobs.CONTAINER,
                                                              _preload_content=False, _request_timeout=LOG_TIMEOUT)
+        complete = False
         try:
             with target.open("wb") as out:
                 for chunk in response.stream(65536):
                     out.write(chunk)
+            complete = True
         finally:
-            response.release_conn()
+            if complete:
+                response.release_conn()
+            else:
+                response.close()  # a half-read connection must not go back to the pool
     except Exception as exc:
         target.unlink(missing_ok=True)
         return None, f"log unavailable: {kube.message_of(exc)}"
@@ -126,9 +144,10 @@ def delete(executor: ClusterExecutor, name: str) -> None:
     """Delete the Job ``name`` (its pods go with it); a Job already gone is fine."""
     for pause in (0.2, 1.0, 0.0):
         try:
-            executor.api.batch.delete_namespaced_job(name, executor.namespace, propagation_policy="Background",
-                                                     _preload_content=False,
-                                                     _request_timeout=kube.REQUEST_TIMEOUT).release_conn()
+            kube.discard(executor.api.batch.delete_namespaced_job(name, executor.namespace,
+                                                                  propagation_policy="Background",
+                                                                  _preload_content=False,
+                                                                  _request_timeout=kube.REQUEST_TIMEOUT))
             return
         except Exception as exc:
             if kube.status_of(exc) == 404:

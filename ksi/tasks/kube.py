@@ -70,6 +70,18 @@ def message_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()[:300]
 
 
+def discard(response: Any) -> None:
+    """Read and drop the body of a response requested with ``_preload_content=False``, then release it.
+
+    A connection goes back to the pool only with its response read to the end: otherwise the next
+    request on it reads the rest of this body as its status line.
+    """
+    try:
+        response.drain_conn()
+    finally:
+        response.release_conn()
+
+
 def raw(response: Any) -> Obj:
     """Return the JSON body of a response requested with ``_preload_content=False``."""
     try:
