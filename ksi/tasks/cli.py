@@ -12,12 +12,12 @@ from typing import Any
 
 from ksi import log
 from ksi.errors import EXIT_FAILURE, ChecksFailed, UsageError
-from ksi.host.signals import SignalGuard
 from ksi.tasks import results as res
 from ksi.tasks.expand import Renderer, Task, describe, prepare
 from ksi.tasks.progress import Progress, summary_table
 from ksi.tasks.runner import Runner, select
 from ksi.tasks.spec import Spec
+from ksi.tasks.stopping import StopFlag
 
 _log = log.get(__name__)
 RUNS = "ksi-runs"  # ksi.cluster.rundir.RUNS: KSI_RUN_DIR is <shared>/ksi-runs/<run>
@@ -132,9 +132,8 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
                          step="tasks", fix="run it inside a ksi workload (or `ksi run --tasks SPEC`), or add --local")
     stop_budget = _stop_budget(environ)
     results.create()
-    guard = SignalGuard()
-    with guard.installed(), res.ResultsLock(results_dir):
-        guard.disarm()  # signals are only noted: the runner checks between steps and stops cleanly
+    stop = StopFlag()
+    with stop.installed(), res.ResultsLock(results_dir):
         results.write_manifest(spec.name, spec.path, [
             {"task": t.name, "index": t.index, "params": t.param_dict, "command": list(renderer.command(t).argv)}
             for t in tasks])
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
                   "" if spec.parallelism else f" ({why})", where, results_dir)
         progress = Progress(sys.stderr, f"ksi[{node}] tasks: ", terminal=sys.stderr.isatty())
         runner = Runner(spec, tasks, renderer, executor, results, previous, progress, parallelism,
-                        lambda: guard.first, stop_budget)
+                        stop, stop_budget)
         try:
             outcome = runner.run(chosen.to_run)
         finally:
