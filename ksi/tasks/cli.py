@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ksi import log
+from ksi.cluster.rundir import RUNS
 from ksi.errors import EXIT_FAILURE, ChecksFailed, UsageError
 from ksi.tasks import results as res
 from ksi.tasks.expand import Renderer, Task, describe, prepare
@@ -20,7 +21,6 @@ from ksi.tasks.spec import Spec
 from ksi.tasks.stopping import StopFlag
 
 _log = log.get(__name__)
-RUNS = "ksi-runs"  # ksi.cluster.rundir.RUNS: KSI_RUN_DIR is <shared>/ksi-runs/<run>
 APP = "/app"
 _DEFAULT_GRACE = 5.0
 
