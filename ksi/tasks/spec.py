@@ -166,7 +166,7 @@ def parse(data: Mapping[str, Any], path: Path, found: _Problems | None = None) -
     resources = _resources(data.get("resources"), found)
     parallelism, retries, retry_failed, timeout, results = _limits(data, found)
     source = _source(data.get("tasks"), path, found)
-    _check_templates(command, env, _known_names(source), found)
+    _check_templates(command, env, _known_names(data.get("tasks")), found)
     if found.items or not (isinstance(name, str) and isinstance(image, str) and source is not None):
         return None
     return Spec(path=path, name=name, image=image, command=command, shell=shell, source=source, env=tuple(env),
@@ -311,14 +311,16 @@ def _grid(value: object, found: _Problems) -> Source | None:
     return Source("grid", grid=tuple(axes))
 
 
-def _known_names(source: Source | None) -> set[str] | None:
-    """Return the placeholder names the source defines; None when unknown (a bad source, or a CSV's header)."""
-    if source is None or source.kind == "params":
+def _known_names(raw: object) -> set[str] | None:
+    """Return the placeholder names ``tasks:`` defines, even when its values are wrong (None: a CSV, or unknown)."""
+    given = [key for key in raw if key in SOURCES] if isinstance(raw, dict) else []
+    if len(given) != 1 or given[0] == "params":
         return None
     names = {INDEX, APP}
-    if source.kind == "grid":
-        names |= {key for key, _ in source.grid}
-    elif source.kind == "lines":
+    value = raw[given[0]] if isinstance(raw, dict) else None
+    if given[0] == "grid" and isinstance(value, dict):
+        names |= {key for key in value if isinstance(key, str)}
+    elif given[0] == "lines":
         names.add(LINE)
     return names
 
