@@ -50,8 +50,8 @@ def faults(action: str, retry: str) -> str:
 
 def test_each_reason_is_reported_and_only_losses_are_retried_by_default(ksi: KsiRunner, simhost: SimHost) -> None:
     # task 1 exits 3, task 2 is OOM-killed, task 3 runs past its timeout; task 0 succeeds
-    action = 'case {index} in 1) exit 3;; 3) sleep 30;; esac; sleep 0.5'
-    spec = write_spec(ksi, faults(action, "false") + "timeout: 2s\n")
+    action = "case {index} in 1) exit 3;; 2|3) exec sleep 60;; esac"
+    spec = write_spec(ksi, faults(action, "false") + "timeout: 6s\n")
     done = ksi.run("run", "--tasks", str(spec), str(ksi.shared), env={"KSI_SIM_FAULTS": "pod/faults-2-*:oom=0.2"})
     assert done.returncode == 1, done.stderr
     reasons = {i: (result(ksi, "faults", f"faults-{i}")["reason"], result(ksi, "faults", f"faults-{i}")["exit_code"])
