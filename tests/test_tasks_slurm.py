@@ -190,6 +190,6 @@ def test_a_lost_node_s_tasks_run_again_elsewhere(bed: Multi) -> None:
     for r in retried:
         assert [a["reason"] for a in r["attempts"]] == ["NodeLost", "Completed"], r["attempts"]
         assert r["attempts"][0]["node"] == lost_node and r["node"] != lost_node
-    counts = executions(bed)
-    assert all(counts[name.removeprefix("lost-")] == len(r["attempts"]) for name, r in results.items())
+    counts = executions(bed)  # a lost attempt may have run its command or not yet
+    assert all(1 <= counts[name.removeprefix("lost-")] <= len(r["attempts"]) for name, r in results.items())
     bed.assert_clean()

@@ -161,8 +161,8 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
             outcome = runner.run(chosen.to_run)
         finally:
             close = getattr(executor, "close", None)
-            if close is not None:
-                close()
+            if close is not None:  # a stopped run leaves its last Jobs to the cluster's teardown
+                close(1.0 if stop.signum is not None else 20.0)
         counts = {state: list(outcome.states.values()).count(state)
                   for state in (res.SUCCEEDED, res.FAILED, res.INTERRUPTED, res.PENDING)}
         results.write_summary({

@@ -35,6 +35,7 @@ WORKERS = 8
 JOB_END_GRACE = 2.0  # seconds a finished Job waits for its pod's last event before ksi looks the pod up
 LEFTOVER_TIMEOUT = 30.0  # seconds to wait for the Jobs a killed earlier run left behind to go away
 CLOSE_TIMEOUT = 20.0  # seconds close() waits for Job deletions still in flight
+_DRAIN = 1000  # reports applied at most per wait(), so that the runner gets back to starting attempts
 _CREATE_RETRY = 30.0  # seconds a create retries while an earlier attempt's Job (same name) is still going
 
 
@@ -79,7 +80,6 @@ class ClusterExecutor:
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="tasks-api")
         self._deleting: dict[str, concurrent.futures.Future[None]] = {}
         self._turn = 0
-        self._close_by: float | None = None
 
     @classmethod
     def connect(cls, spec: Spec, environ: Mapping[str, str], partial_dir: Path) -> ClusterExecutor:
@@ -182,34 +182,55 @@ class ClusterExecutor:
         self._pool.submit(self._create, live)
 
     def wait(self, timeout: float) -> list[Ended]:
-        """Apply what the watches and workers reported; return the attempts that ended."""
+        """Apply what the watches and workers reported; return the attempts that ended.
+
+        Waits up to ``timeout`` seconds for the first report, then takes only what is already queued: an
+        ended attempt frees its slot at once, however busy the watches are.
+        """
         ended: list[Ended] = []
         deadline = time.monotonic() + timeout
-        while True:
+        for _ in range(_DRAIN):
             try:
-                kind, event, obj = self._inbox.get(timeout=max(deadline - time.monotonic(), 0))
+                if ended:
+                    kind, event, obj = self._inbox.get_nowait()
+                else:
+                    kind, event, obj = self._inbox.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if kind == "ended":
                 ended.append(obj)
             else:
                 self._apply(kind, event, obj)
-            if ended and self._inbox.empty():
-                break
         self._check_jobs_without_pods()
         return ended
 
-    def release(self, ended: Ended) -> None:
-        """Forget the attempt and delete its Job (in a worker; a new attempt of the task waits for it)."""
+    def forget(self, ended: Ended) -> None:
+        """Free the attempt's slot; a new attempt of the task waits until :meth:`discard` deleted this Job."""
         name = ended.attempt.task.name
         live = self._live.pop(name, None)
         if live is not None and live.node in self._nodes:
             self._nodes[live.node].placed.discard(name)
-        self._deleting[name] = self._pool.submit(self._delete, name)
+        self._deleting[name] = concurrent.futures.Future()
+
+    def collect_log(self, ended: Ended) -> tuple[bytes | Path | None, str]:
+        """Fetch the attempt's complete log from pods/log (a recorder thread)."""
+        if ended.ref is None:
+            return None, ""
+        return clusterio.fetch_log(self, ended.attempt, ended.ref)
+
+    def discard(self, ended: Ended) -> None:
+        """Delete the attempt's Job (its pod goes with it), once its log and result are written."""
+        name = ended.attempt.task.name
+        try:
+            clusterio.delete(self, name)
+        finally:
+            deleted = self._deleting.get(name)
+            if deleted is not None and not deleted.done():
+                deleted.set_result(None)
 
     def interrupt(self, budget: float) -> list[Ended]:
-        """Fetch every running attempt's log so far and report it ``Interrupted`` (Jobs deleted on release)."""
-        deadline = time.monotonic() + budget * 0.6
+        """Report every running attempt ``Interrupted`` (its log and Job are the recorders' to handle)."""
+        deadline = time.monotonic() + budget
         waiting = set(self._live)
         for live in self._live.values():
             if not live.finishing:
@@ -221,15 +242,13 @@ class ClusterExecutor:
                 if kind == "ended" and obj.attempt.task.name in waiting:
                     waiting.discard(obj.attempt.task.name)
                     ended.append(obj)
-        self._close_by = time.monotonic() + budget * 0.4
         return ended
 
-    def close(self) -> None:
-        """Stop the watches and wait (bounded) for the Job deletions still in flight."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop the watches and wait (at most ``timeout`` seconds) for the Job deletions still in flight."""
         self.stopping.set()
-        until = self._close_by if self._close_by is not None else time.monotonic() + CLOSE_TIMEOUT
         pending = [f for f in self._deleting.values() if not f.done()]
-        concurrent.futures.wait(pending, timeout=max(until - time.monotonic(), 0))
+        concurrent.futures.wait(pending, timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
 

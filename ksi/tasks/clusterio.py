@@ -15,7 +15,7 @@ from ksi import log
 from ksi.tasks import jobs, kube
 from ksi.tasks import results as res
 from ksi.tasks.jobs import PodEnd
-from ksi.tasks.runner import Ended
+from ksi.tasks.runner import Attempt, Ended
 
 if TYPE_CHECKING:
     from ksi.tasks.cluster import ClusterExecutor, Live
@@ -70,23 +70,17 @@ def _exists(executor: ClusterExecutor, name: str, number: int) -> bool:
 
 
 def report(executor: ClusterExecutor, live: Live, end: PodEnd | None) -> Ended:
-    """Return how the attempt ended, with its complete log fetched from pods/log (when it has a pod)."""
+    """Return how the attempt ended (its log is fetched later, by a recorder: :func:`fetch_log`)."""
     attempt = live.attempt
-    name = attempt.task.name
     if end is None:  # the Job ended but the watch showed no pod end: look the pod up
         end = _end_from_api(executor, live)
     reason, message = end.reason, end.message
-    if reason in res.FAILURES and executor.spec.timeout is not None and not live.deadline and _deadline(executor,
-                                                                                                        name):
+    if reason in res.FAILURES and executor.spec.timeout is not None and not live.deadline and _deadline(
+            executor, attempt.task.name):
         reason, message = res.DEADLINE, f"ran longer than the timeout of {executor.spec.timeout} s"
-    log: Path | None = None
-    if live.pod is not None:
-        log, problem = fetch_log(executor, live)
-        if problem:
-            message = f"{message}; {problem}" if message else problem
     exit_code = end.exit_code if reason != res.STOPPED else None
     return Ended(attempt, reason, exit_code, live.pod_node or live.node, end.start or live.started,
-                 end.end or time.time(), log, message)
+                 end.end or time.time(), None, message, ref=live.pod)
 
 
 def _end_from_api(executor: ClusterExecutor, live: Live) -> PodEnd:
@@ -117,11 +111,11 @@ def _deadline(executor: ClusterExecutor, name: str) -> bool:
     return jobs.deadline_exceeded(job)
 
 
-def fetch_log(executor: ClusterExecutor, live: Live) -> tuple[Path | None, str]:
+def fetch_log(executor: ClusterExecutor, attempt: Attempt, pod: str) -> tuple[Path | None, str]:
     """Stream the attempt's log from pods/log into a file; return it, or None and why it is missing."""
-    target = executor.partial_dir / f"{live.attempt.task.name}.{live.attempt.number}.log"
+    target = executor.partial_dir / f"{attempt.task.name}.{attempt.number}.log"
     try:
-        response = executor.api.core.read_namespaced_pod_log(live.pod, executor.namespace, container=jobs.CONTAINER,
+        response = executor.api.core.read_namespaced_pod_log(pod, executor.namespace, container=jobs.CONTAINER,
                                                              _preload_content=False, _request_timeout=LOG_TIMEOUT)
         complete = False
         try:

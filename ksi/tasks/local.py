@@ -131,8 +131,15 @@ class LocalExecutor:
             except queue.Empty:
                 return ended
 
-    def release(self, ended: Ended) -> None:
-        """Nothing to release: the process is gone and its output file was moved into place."""
+    def forget(self, ended: Ended) -> None:
+        """Nothing to do: the process is gone."""
+
+    def collect_log(self, ended: Ended) -> tuple[bytes | Path | None, str]:
+        """Return the attempt's output file (every local end comes with it already)."""
+        return self._partial(ended.attempt), ""
+
+    def discard(self, ended: Ended) -> None:
+        """Nothing to discard: the output file was moved into place."""
 
     def interrupt(self, budget: float) -> list[Ended]:
         """TERM every running attempt's group, KILL it after half the budget; return them all as ended."""
