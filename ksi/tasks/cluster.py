@@ -26,11 +26,13 @@ from ksi.tasks import clusterio, jobs, kube
 from ksi.tasks import results as res
 from ksi.tasks.jobs import NodeInfo, PodEnd
 from ksi.tasks.local import task_environment
-from ksi.tasks.runner import Attempt, Ended
+from ksi.tasks.runner import RECORDERS, Attempt, Ended
 from ksi.tasks.spec import Spec
 
 _log = log.get(__name__)
 NAMESPACE = "default"
+NODES = "/api/v1/nodes"
+ALL_PODS = "/api/v1/pods"
 WORKERS = 8
 JOB_END_GRACE = 2.0  # seconds a finished Job waits for its pod's last event before ksi looks the pod up
 LEFTOVER_TIMEOUT = 30.0  # seconds to wait for the Jobs a killed earlier run left behind to go away
@@ -72,6 +74,8 @@ class ClusterExecutor:
         self.api = api
         self.partial_dir = partial_dir
         self.namespace = namespace
+        self.jobs_path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        self.pods_path = f"/api/v1/namespaces/{namespace}/pods"
         self._wanted = jobs.requests_of(dict(spec.resources))
         self._nodes: dict[str, NodeState] = {}
         self._live: dict[str, Live] = {}
@@ -87,16 +91,16 @@ class ClusterExecutor:
         paths = [p for p in environ.get("KUBECONFIG", "").split(":") if p]
         if not paths:
             raise UsageError("KUBECONFIG is not set", step="tasks", fix="run inside a ksi workload, or add --local")
-        return cls(spec, kube.connect(Path(paths[0]), environ.get("K8S_CLUSTER_NAME")), partial_dir)
+        connections = WORKERS + RECORDERS + 3 + 1  # workers, recorders, watches, the runner's thread
+        return cls(spec, kube.connect(Path(paths[0]), environ.get("K8S_CLUSTER_NAME"), connections), partial_dir)
 
     # -- before the first attempt ----------------------------------------------------------------------
 
     def prepare(self) -> tuple[int, str]:
         """Remove Jobs an earlier (killed) run left, read the nodes, start the watches; return the capacity."""
         self._remove_leftovers()
-        nodes = kube.raw(self.api.core.list_node(_preload_content=False, _request_timeout=kube.REQUEST_TIMEOUT))
-        pods = kube.raw(self.api.core.list_pod_for_all_namespaces(_preload_content=False,
-                                                                  _request_timeout=kube.REQUEST_TIMEOUT))
+        nodes = self.api.json("GET", NODES)
+        pods = self.api.json("GET", ALL_PODS)
         others: dict[str, dict[str, Decimal]] = {}
         for pod in pods.get("items") or []:
             node = (pod.get("spec") or {}).get("nodeName")
@@ -126,9 +130,7 @@ class ClusterExecutor:
         selector = jobs.selector(self.spec.name)
         deadline = time.monotonic() + LEFTOVER_TIMEOUT
         while True:
-            found = kube.raw(self.api.batch.list_namespaced_job(self.namespace, label_selector=selector,
-                                                               _preload_content=False,
-                                                               _request_timeout=kube.REQUEST_TIMEOUT))
+            found = self.api.json("GET", self.jobs_path, query=[("labelSelector", selector)])
             names = [kube.name(j) for j in found.get("items") or []]
             if not names:
                 return
@@ -145,11 +147,9 @@ class ClusterExecutor:
         """Start the three watches and wait until each has listed what exists."""
         selector = jobs.selector(self.spec.name)
         followers = [
-            kube.Follower("jobs", self.api.batch.list_namespaced_job, selector, self._deliver, self.stopping,
-                          self.namespace),
-            kube.Follower("pods", self.api.core.list_namespaced_pod, selector, self._deliver, self.stopping,
-                          self.namespace),
-            kube.Follower("nodes", self.api.core.list_node, "", self._deliver, self.stopping)]
+            kube.Follower(self.api, "jobs", self.jobs_path, selector, self._deliver, self.stopping),
+            kube.Follower(self.api, "pods", self.pods_path, selector, self._deliver, self.stopping),
+            kube.Follower(self.api, "nodes", NODES, "", self._deliver, self.stopping)]
         for follower in followers:
             follower.start()
         for follower in followers:

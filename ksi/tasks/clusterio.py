@@ -42,9 +42,7 @@ def create(executor: ClusterExecutor, live: Live, previous: concurrent.futures.F
     pause = 0.1
     while True:
         try:
-            kube.discard(executor.api.batch.create_namespaced_job(executor.namespace, manifest,
-                                                                  _preload_content=False,
-                                                                  _request_timeout=kube.REQUEST_TIMEOUT))
+            executor.api.send("POST", executor.jobs_path, body=manifest)
             return None
         except Exception as exc:
             status = kube.status_of(exc)
@@ -62,8 +60,7 @@ def create(executor: ClusterExecutor, live: Live, previous: concurrent.futures.F
 def _exists(executor: ClusterExecutor, name: str, number: int) -> bool:
     """True when the Job ``name`` that exists now is the one of attempt ``number`` (not an earlier one's)."""
     try:
-        job = kube.raw(executor.api.batch.read_namespaced_job(name, executor.namespace, _preload_content=False,
-                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+        job = executor.api.json("GET", f"{executor.jobs_path}/{name}")
     except Exception:
         return False
     return kube.labels(job).get(jobs.ATTEMPT_LABEL) == str(number)
@@ -86,9 +83,7 @@ def report(executor: ClusterExecutor, live: Live, end: PodEnd | None) -> Ended:
 def _end_from_api(executor: ClusterExecutor, live: Live) -> PodEnd:
     selector = f"{jobs.TASK_LABEL}={live.attempt.task.name},{jobs.ATTEMPT_LABEL}={live.attempt.number}"
     try:
-        pods = kube.raw(executor.api.core.list_namespaced_pod(executor.namespace, label_selector=selector,
-                                                              _preload_content=False,
-                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+        pods = executor.api.json("GET", executor.pods_path, query=[("labelSelector", selector)])
     except Exception as exc:
         return PodEnd(res.ERROR, None, f"the Job ended; its pod could not be read: {kube.message_of(exc)}",
                       live.started, None)
@@ -104,8 +99,7 @@ def _end_from_api(executor: ClusterExecutor, live: Live) -> PodEnd:
 def _deadline(executor: ClusterExecutor, name: str) -> bool:
     """True when the attempt's Job says it ran past its deadline (a killed pod looks like a failure)."""
     try:
-        job = kube.raw(executor.api.batch.read_namespaced_job(name, executor.namespace, _preload_content=False,
-                                                              _request_timeout=kube.REQUEST_TIMEOUT))
+        job = executor.api.json("GET", f"{executor.jobs_path}/{name}")
     except Exception:
         return False
     return jobs.deadline_exceeded(job)
@@ -115,8 +109,8 @@ def fetch_log(executor: ClusterExecutor, attempt: Attempt, pod: str) -> tuple[Pa
     """Stream the attempt's log from pods/log into a file; return it, or None and why it is missing."""
     target = executor.partial_dir / f"{attempt.task.name}.{attempt.number}.log"
     try:
-        response = executor.api.core.read_namespaced_pod_log(pod, executor.namespace, container=jobs.CONTAINER,
-                                                             _preload_content=False, _request_timeout=LOG_TIMEOUT)
+        response = executor.api.open("GET", f"{executor.pods_path}/{pod}/log", query=[("container", jobs.CONTAINER)],
+                                     timeout=LOG_TIMEOUT, accept="*/*")
         complete = False
         try:
             with target.open("wb") as out:
@@ -138,10 +132,7 @@ def delete(executor: ClusterExecutor, name: str) -> None:
     """Delete the Job ``name`` (its pods go with it); a Job already gone is fine."""
     for pause in (0.2, 1.0, 0.0):
         try:
-            kube.discard(executor.api.batch.delete_namespaced_job(name, executor.namespace,
-                                                                  propagation_policy="Background",
-                                                                  _preload_content=False,
-                                                                  _request_timeout=kube.REQUEST_TIMEOUT))
+            executor.api.send("DELETE", f"{executor.jobs_path}/{name}", query=[("propagationPolicy", "Background")])
             return
         except Exception as exc:
             if kube.status_of(exc) == 404:

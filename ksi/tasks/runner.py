@@ -27,7 +27,7 @@ from ksi.tasks.spec import Spec
 
 _log = log.get(__name__)
 _TICK = 0.25  # seconds between checks for a stop signal while waiting
-RECORDERS = 4  # threads writing logs and results (and fetching logs) while the next attempts run
+RECORDERS = 8  # threads writing logs and results (and fetching logs) while the next attempts run
 
 
 @dataclass(frozen=True)
