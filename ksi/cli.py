@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="do not remove your stale clusters on this node first (default: $KSI_CLEAN_STALE or do)")
     run.add_argument("--tasks", metavar="SPEC", help="run the tasks of SPEC as the workload (see `ksi tasks`)")
 
-    from ksi.tasks.cli import add_parser as add_tasks_parser
+    from ksi.tasks.args import add_parser as add_tasks_parser
 
     add_tasks_parser(commands)
 

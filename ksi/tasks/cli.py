@@ -14,6 +14,7 @@ from ksi import log
 from ksi.cluster.rundir import RUNS
 from ksi.errors import EXIT_FAILURE, ChecksFailed, UsageError
 from ksi.tasks import results as res
+from ksi.tasks.args import add_parser
 from ksi.tasks.expand import Renderer, Task, describe, prepare
 from ksi.tasks.progress import Progress, summary_table
 from ksi.tasks.runner import Runner, select
@@ -23,37 +24,6 @@ from ksi.tasks.stopping import StopFlag
 _log = log.get(__name__)
 APP = "/app"
 _DEFAULT_GRACE = 5.0
-
-
-def add_parser(commands: Any) -> None:
-    """Add ``tasks run`` and ``tasks status`` to the ksi command line."""
-    tasks = commands.add_parser(
-        "tasks", help="run the many tasks of one experiment on the job's cluster, resumable across jobs",
-        description="Run the tasks a SPEC (YAML) describes as Kubernetes Jobs on the cluster of the ksi run "
-        "this is started in (or as local processes with --local), and report on them. See the README's "
-        "section on task sweeps for the SPEC.")
-    verbs = tasks.add_subparsers(dest="tasks_command", required=True, metavar="VERB")
-    run = verbs.add_parser(
-        "run", help="run the tasks of SPEC that are not done yet",
-        description="Run every task of SPEC that has not succeeded yet, at most `parallelism` at once, writing "
-        "each ended attempt's log and result under the results directory. Inside a ksi workload it uses the "
-        "run's KUBECONFIG and context. Exit 0 only when every task has succeeded, 1 otherwise, 2 for a bad "
-        "SPEC, 128+N when stopped by signal N (running attempts are recorded as Interrupted and run again "
-        "next time).")
-    run.add_argument("spec", metavar="SPEC", help="the experiment's SPEC file (YAML)")
-    run.add_argument("--results", metavar="DIR", help="results directory (default: the SPEC's results:, "
-                     "relative to the shared directory; ksi-results/<name>)")
-    run.add_argument("--rerun-failed", action="store_true", help="also run the tasks that failed before")
-    run.add_argument("--force", action="store_true", help="run every task again, even those that succeeded")
-    run.add_argument("--dry-run", action="store_true", help="print the tasks (name and command); create nothing")
-    run.add_argument("--local", action="store_true", help="run the tasks as local processes (image ignored)")
-    run.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
-    status = verbs.add_parser(
-        "status", help="report on a results directory (offline, without a cluster)",
-        description="Count the tasks of the latest run of a results directory by state and list the failed "
-        "ones with their logs. Exit 0 when every task has succeeded, 1 otherwise.")
-    status.add_argument("results", metavar="RESULTS_DIR", help="the results directory")
-    status.add_argument("--json", action="store_true", help="print one JSON object with every task's state")
 
 
 def main(args: argparse.Namespace, node: str) -> int:
@@ -72,7 +42,7 @@ def as_workload(spec_text: str, shared_dir: str, extra: list[str]) -> tuple[str,
     working directory must not shadow the installed package).
     """
     parser = argparse.ArgumentParser(prog="ksi run --tasks SPEC --", add_help=False)
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))  # the options of `ksi tasks run`, as given after --
     args, _ = parser.parse_known_args(["tasks", "run", spec_text, *extra])
     if args.dry_run or args.local:
         raise UsageError(f"--{'dry-run' if args.dry_run else 'local'} needs no cluster", step="tasks",
