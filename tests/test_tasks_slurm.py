@@ -157,21 +157,23 @@ def test_scancel_then_the_next_job_finishes_the_rest_without_rerunning_a_finishe
     bed.bed.run(["scancel", job], check=True)
     wait_for(lambda: not bed.bed.busy()[0], bed.bed.kill_wait + 30, "the job to end")
     bed.assert_clean()
+    # With KillWait 5 s and no delete measured yet, ksi run gives its workload no grace: `ksi tasks` may be
+    # killed before it records the attempts it was running. Those have no result and simply run again.
     first = all_results(bed, "stop")
+    ran_first = executions(bed)
     reasons = collections.Counter(r["reason"] for r in first.values())
-    assert set(reasons) == {"Completed", "Interrupted"} and reasons["Interrupted"] >= 1, reasons
-    out = (bed.shared / f"slurm-{job}.out").read_text()
-    assert "stopped by SIGTERM, the next run continues" in out, out
+    assert set(reasons) <= {"Completed", "Interrupted"} and reasons["Completed"] >= 1, reasons
     for run in (bed.shared / "ksi-runs").iterdir():
         run.rename(bed.shared / f"done-{run.name}")
     second = srun_tasks(bed, spec)
     assert second.returncode == 0, second.stderr
     counts = executions(bed)
     assert set(counts) == {str(i) for i in range(30)}
-    for name, earlier in first.items():
-        index = name.removeprefix("stop-")
-        assert counts[index] == (1 if earlier["reason"] == "Completed" else 2), (name, earlier["reason"])
-    assert all(counts[str(i)] == 1 for i in range(30) if f"stop-{i}" not in first)
+    for i in range(30):
+        earlier = first.get(f"stop-{i}", {}).get("reason")
+        expected = ran_first[str(i)] + (0 if earlier == "Completed" else 1)  # a finished task never runs again
+        assert counts[str(i)] == expected, (i, earlier, ran_first[str(i)], counts[str(i)])
+    assert all(all_results(bed, "stop")[f"stop-{i}"]["state"] == "succeeded" for i in range(30))
     bed.assert_clean()
 
 
