@@ -46,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[verbose], help="create a cluster, run a workload against it, tear it down",
         description="Create a rootless kind cluster, run WORKLOAD with K8S_CLUSTER_NAME, K8S_CLUSTER_API, "
         "K8S_CLUSTER_API_TOKEN, K8S_PORT, KUBECONFIG and KSI_RUN_DIR set, and delete the cluster "
-        "afterwards, whatever happens. Arguments after `--` go to the workload.",
-        usage="%(prog)s [options] WORKLOAD [SHARED_DIR] [-- ARGS...]")
-    run.add_argument("workload", metavar="WORKLOAD", help="script or program to run")
+        "afterwards, whatever happens. Arguments after `--` go to the workload. With --tasks SPEC the "
+        "workload is `ksi tasks run SPEC` (arguments after `--` go to it).",
+        usage="%(prog)s [options] WORKLOAD [SHARED_DIR] [-- ARGS...]\n       %(prog)s [options] --tasks SPEC "
+        "[SHARED_DIR] [-- TASKS-RUN-OPTIONS...]")
+    run.add_argument("workload", metavar="WORKLOAD", nargs="?", help="script or program to run")
     run.add_argument("shared_dir", metavar="SHARED_DIR", nargs="?", default=".",
                      help="directory shared by all nodes; mounted at /app (default: current directory)")
     run.add_argument("-p", "--port", help="K8S_PORT, a host port in 30000-32767 (default: $K8S_PORT, "
@@ -61,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: $KSI_IMAGE_CACHE, else pull what is missing)")
     run.add_argument("--no-clean-stale", dest="clean_stale", action="store_false", default=None,
                      help="do not remove your stale clusters on this node first (default: $KSI_CLEAN_STALE or do)")
+    run.add_argument("--tasks", metavar="SPEC", help="run the tasks of SPEC as the workload (see `ksi tasks`)")
+
+    from ksi.tasks.args import add_parser as add_tasks_parser
+
+    add_tasks_parser(commands)
 
     listing = commands.add_parser(
         "list", parents=[verbose], help="list your ksi clusters on this node and whether their job or process is alive",
@@ -133,10 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first `--` belongs to the workload, whatever it looks like.
     workload_args = words[words.index("--") + 1:] if "--" in words else []
-    args = _parser().parse_args(words[: words.index("--")] if "--" in words else words)
+    parser = _parser()
+    args = parser.parse_args(words[: words.index("--")] if "--" in words else words)
     args.workload_args = workload_args
+    if args.command == "run" and args.tasks is not None and args.workload is not None:
+        if args.shared_dir != ".":
+            parser.error("with --tasks SPEC, give at most one more argument: SHARED_DIR")
+        args.workload, args.shared_dir = None, args.workload
+    elif args.command == "run" and args.tasks is None and args.workload is None:
+        parser.error("the following arguments are required: WORKLOAD (or --tasks SPEC)")
     node = node_name(os.environ)
-    commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor, "images": _images}
+    commands = {"run": _run, "list": _list, "cleanup": _cleanup, "doctor": _doctor, "images": _images,
+                "tasks": _tasks}
     try:
         return commands[args.command](args, node)
     except KsiError as exc:
@@ -153,6 +168,10 @@ def _run(args: argparse.Namespace, node: str) -> int:
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
+    if args.tasks is not None:  # checked before anything is created; the workload runs `ksi tasks run SPEC`
+        from ksi.tasks.cli import as_workload
+
+        args.workload, extra = as_workload(args.tasks, args.shared_dir, extra)
     overrides = {k: v for k, v in (("node_image", args.node_image), ("systemd_scope", args.systemd_scope),
                                    ("clean_stale", None if args.clean_stale is None else "0"),
                                    ("image_cache", args.image_cache)) if v is not None}
@@ -197,6 +216,15 @@ def _images(args: argparse.Namespace, node: str) -> int:
         except Interrupted as exc:
             _log.info("images: stopped by %s; what was saved so far is in the manifest", exc.name)
             return exc.exit_code
+
+
+def _tasks(args: argparse.Namespace, node: str) -> int:
+    from ksi.tasks.cli import main as tasks_main
+
+    if args.workload_args:
+        raise UsageError(f"`ksi tasks` takes no arguments after `--` ({' '.join(args.workload_args)})",
+                         step="tasks", fix="remove the `--` and what follows it")
+    return tasks_main(args, node)
 
 
 def _node_settings(environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:

@@ -1,7 +1,8 @@
 """The import graph of ksi runs one way: each layer imports only the layers below it, and nothing is circular.
 
 Layers, lowest first: the foundations (errors, log, settings), host, tools, cluster and images, admin,
-launch, and the command line on top. Imports inside functions count as much as those at the top of a module.
+launch and tasks, and the command line on top. Imports inside functions count as much as those at the top
+of a module.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"ksi.tools"}),
     frozenset({"ksi.cluster", "ksi.images"}),
     frozenset({"ksi.admin"}),
-    frozenset({"ksi.launch"}),
+    frozenset({"ksi.launch", "ksi.tasks"}),
     frozenset({"ksi.cli", "ksi.__main__"}),
 )
 

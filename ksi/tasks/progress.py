@@ -1,0 +1,93 @@
+"""Progress of a task run: one line that updates in place on a terminal, plain periodic lines otherwise.
+
+Each line says how many tasks are done, running, failed and pending, the time elapsed and an estimate of
+the time left (from the pace of this run). A failed task gets a line of its own, at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+from ksi.tasks.quantity import format_duration
+
+TERMINAL_INTERVAL = 0.5  # seconds between redraws of the updating line
+PLAIN_INTERVAL = 30.0  # seconds between plain lines (batch output files)
+_CLEAR = "\r\x1b[K"
+
+
+class Progress:
+    """Reports counts to ``stream``: redrawn in place when ``terminal``, else a line every ``interval`` seconds."""
+
+    def __init__(self, stream: TextIO, prefix: str, *, terminal: bool, interval: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.prefix = prefix
+        self.terminal = terminal
+        self.interval = interval if interval is not None else TERMINAL_INTERVAL if terminal else PLAIN_INTERVAL
+        self.clock = clock
+        self.started = clock()
+        self._last_shown = float("-inf")
+        self._first_done: int | None = None
+        self._drawn = False
+
+    def line(self, counts: Mapping[str, int]) -> str:
+        """Return the progress line for ``counts`` (total, done, running, failed, pending)."""
+        elapsed = self.clock() - self.started
+        text = (f"{counts['done']}/{counts['total']} done, {counts['running']} running, {counts['failed']} failed, "
+                f"{counts['pending']} pending")
+        if counts.get("interrupted"):
+            text += f", {counts['interrupted']} interrupted"
+        text += f"; {format_duration(elapsed)} elapsed"
+        finished_here = counts["done"] + counts["failed"] - (self._first_done or 0)
+        left = counts["running"] + counts["pending"]
+        if finished_here > 0 and left and elapsed > 0:
+            text += f", about {format_duration(left * elapsed / finished_here)} left"
+        return f"{self.prefix}{text}"
+
+    def _show(self, counts: Mapping[str, int]) -> None:
+        self._last_shown = self.clock()
+        if self.terminal:
+            self.stream.write(_CLEAR + self.line(counts))
+            self._drawn = True
+        else:
+            self.stream.write(self.line(counts) + "\n")
+        self.stream.flush()
+
+    def begin(self, counts: Mapping[str, int]) -> None:
+        """Show the first line (and remember what was done before this run, for the estimate)."""
+        self.started = self.clock()
+        self._first_done = counts["done"] + counts["failed"]
+        self._show(counts)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        """Show ``counts`` if the last line is older than the interval."""
+        if self.clock() - self._last_shown >= self.interval:
+            self._show(counts)
+
+    def note(self, text: str) -> None:
+        """Print one line of its own (a failed task), above the updating line on a terminal."""
+        if self.terminal and self._drawn:
+            self.stream.write(_CLEAR)
+            self._drawn = False
+        self.stream.write(f"{self.prefix}{text}\n")
+        self.stream.flush()
+        self._last_shown = float("-inf") if self.terminal else self._last_shown
+
+    def finish(self, counts: Mapping[str, int]) -> None:
+        """Show the final counts and end the updating line."""
+        self._show(counts)
+        if self.terminal:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def summary_table(failed: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Return the table of failed tasks: task, reason, exit code, attempts, node, log."""
+    rows = [("TASK", "REASON", "EXIT", "ATTEMPTS", "NODE", "LOG")]
+    rows += [(str(f["task"]), str(f.get("reason") or "-"), "-" if f.get("exit_code") is None else str(f["exit_code"]),
+              str(f.get("attempts") or "-"), str(f.get("node") or "-"), str(f["log"])) for f in failed]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]

@@ -1,0 +1,146 @@
+"""`ksi run --tasks` on one node of the simulated host: Jobs, reasons, retries, logs, a bad SPEC."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.ksi_helpers import KsiRunner, finish, wait_for
+from tests.simhost.plugin import SimHost
+
+
+def write_spec(ksi: KsiRunner, body: str, name: str = "spec.yaml") -> Path:
+    path = ksi.shared / name
+    path.write_text(body)
+    return path
+
+
+def results(ksi: KsiRunner, experiment: str) -> Path:
+    return ksi.shared / "ksi-results" / experiment
+
+
+def result(ksi: KsiRunner, experiment: str, task: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((results(ksi, experiment) / "tasks" / task / "result.json").read_text())
+    return data
+
+
+def executions(ksi: KsiRunner) -> collections.Counter[str]:
+    path = ksi.shared / "executions.log"
+    return collections.Counter(path.read_text().split()) if path.exists() else collections.Counter()
+
+
+FAULTS = """
+name: faults
+image: busybox
+command: "echo {index} >> executions.log; echo task {index} on $KSI_TASK attempt $KSI_TASK_ATTEMPT; ACTION"
+retries: 2
+retry_failed: RETRY
+parallelism: 4
+resources: {cpu: 100m, memory: 64Mi}
+tasks: {seq: 4}
+"""
+
+
+def faults(action: str, retry: str) -> str:
+    return FAULTS.replace("ACTION", action).replace("RETRY", retry)
+
+
+def test_each_reason_is_reported_and_only_losses_are_retried_by_default(ksi: KsiRunner, simhost: SimHost) -> None:
+    # task 1 exits 3, task 2 is OOM-killed, task 3 runs past its timeout; task 0 succeeds
+    action = "case {index} in 1) exit 3;; 2|3) exec sleep 60;; esac"
+    spec = write_spec(ksi, faults(action, "false") + "timeout: 6s\n")
+    done = ksi.run("run", "--tasks", str(spec), str(ksi.shared), env={"KSI_SIM_FAULTS": "pod/faults-2-*:oom=0.2"})
+    assert done.returncode == 1, done.stderr
+    reasons = {i: (result(ksi, "faults", f"faults-{i}")["reason"], result(ksi, "faults", f"faults-{i}")["exit_code"])
+               for i in range(4)}
+    assert reasons == {0: ("Completed", 0), 1: ("Error", 3), 2: ("OOMKilled", 137), 3: ("DeadlineExceeded", None)}
+    assert executions(ksi) == collections.Counter("0123")  # no failure is retried without retry_failed
+    log = (results(ksi, "faults") / "tasks" / "faults-1" / "log.txt").read_text()
+    assert log == "task 1 on faults-1 attempt 1\n"
+    for task in ("faults-1", "faults-2", "faults-3"):
+        assert any(task in line and "failed" in line for line in done.stderr.splitlines())
+    assert "4 tasks: 1 succeeded, 3 failed" in done.stderr
+    simhost.assert_clean()
+
+
+def test_failing_task_retried_with_retry_failed_up_to_retries(ksi: KsiRunner) -> None:
+    spec = write_spec(ksi, faults("[ {index} != 1 ] || exit 3", "true"))
+    done = ksi.run("run", "--tasks", str(spec), str(ksi.shared))
+    assert done.returncode == 1, done.stderr
+    assert executions(ksi) == collections.Counter("0111" + "23")
+    attempts = result(ksi, "faults", "faults-1")["attempts"]
+    assert [(a["attempt"], a["reason"], a["exit_code"], a["log"]) for a in attempts] == [
+        (1, "Error", 3, "log.1.txt"), (2, "Error", 3, "log.2.txt"), (3, "Error", 3, "log.txt")]
+    task_dir = results(ksi, "faults") / "tasks" / "faults-1"
+    assert (task_dir / "log.2.txt").read_text() == "task 1 on faults-1 attempt 2\n"
+    assert (task_dir / "log.txt").read_text() == "task 1 on faults-1 attempt 3\n"
+
+
+def test_logs_only_for_ended_attempts_and_the_job_goes_after_the_result(ksi: KsiRunner) -> None:
+    body = """
+name: logs
+image: busybox
+command: "echo started {index}; touch started.{index}; while [ ! -e go ]; do sleep 0.05; done; echo ended {index}"
+parallelism: 2
+resources: {cpu: 100m}
+tasks: {seq: 2}
+"""
+    spec = write_spec(ksi, body)
+    process = ksi.start("run", "--tasks", str(spec), str(ksi.shared))
+    try:
+        wait_for(lambda: (ksi.shared / "started.0").exists() and (ksi.shared / "started.1").exists(), 60,
+                 "both tasks to run")
+        task_dir = results(ksi, "logs") / "tasks"
+        assert not any(task_dir.glob("*/log*.txt")) and not any(task_dir.glob("*/result.json"))
+        (ksi.shared / "go").touch()
+        status, _, err = finish(process, 60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert status == 0, err
+    for i in range(2):
+        assert (task_dir / f"logs-{i}" / "log.txt").read_text() == f"started {i}\nended {i}\n"
+
+
+def test_bad_spec_refused_before_any_cluster_with_every_problem(ksi: KsiRunner, simhost: SimHost) -> None:
+    spec = write_spec(ksi, "name: x\nimage: i\ncommand: 'echo {nope}'\nretries: many\ntasks: {seq: 0}\n")
+    refused = ksi.run("run", "--tasks", str(spec), str(ksi.shared))
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if " error: spec: " in line]
+    assert len(errors) == 3, refused.stderr
+    assert not (ksi.shared / "ksi-runs").exists()
+    simhost.assert_clean()
+
+
+def test_interrupted_run_records_interrupted_and_the_next_run_finishes_the_rest(ksi: KsiRunner) -> None:
+    body = """
+name: stop
+image: busybox
+command: "echo {index} >> executions.log; [ {index} -lt 3 ] || [ -e go ] || exec sleep 60"
+parallelism: 3
+resources: {cpu: 100m}
+tasks: {seq: 8}
+"""
+    spec = write_spec(ksi, body)
+    process = ksi.start("run", "--tasks", str(spec), str(ksi.shared))
+    try:
+        wait_for(lambda: sum(executions(ksi).values()) >= 6, 60, "six tasks to start")
+        process.send_signal(signal.SIGTERM)
+        status, _, err = finish(process, 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert status == 128 + signal.SIGTERM, err
+    first = {t.name: json.loads((t / "result.json").read_text())["reason"]
+             for t in (results(ksi, "stop") / "tasks").iterdir()}
+    assert collections.Counter(first.values()) == {"Completed": 3, "Interrupted": 3}, first
+    (ksi.shared / "go").touch()
+    second = ksi.run("run", "--tasks", str(spec), str(ksi.shared))
+    assert second.returncode == 0, second.stderr
+    counts = executions(ksi)
+    for name, reason in first.items():
+        assert counts[name.removeprefix("stop-")] == (1 if reason == "Completed" else 2)
+    assert sum(counts.values()) == 8 + 3
