@@ -1,6 +1,6 @@
 """Cost of a caching shared filesystem on a three-node run (`srun -N3 ksi run`), on the Slurm test bed.
 
-    python benchmarks/bench_cache.py [--cache 10] [--runs 3] [--check]
+    python benchmarks/bench_cache.py [--cache 10] [--runs 5] [--check]
 
 NFS clients cache names, attributes and "no such file" answers (3-60 s by default); a node that looked a
 name up before another node created it may not see it until its cache expires. The bed models that with a
@@ -84,46 +84,57 @@ def one_run(bed: SlurmBed, base: Path, faults: str) -> tuple[subprocess.Complete
     return result, started, ended, run_dir
 
 
-def measure(bed: SlurmBed, runs: int) -> dict[str, float]:
-    """Return the medians of the figures the module docstring lists, over ``runs`` runs of each kind."""
-    figures: dict[str, list[float]] = {"to_workload": [], "release": [], "join": [], "done_seen": [], "abort_seen": []}
+def measure(beds: dict[str, SlurmBed], runs: int) -> dict[str, dict[str, float]]:
+    """Return, per bed, the medians of the figures the module docstring lists over ``runs`` runs of each kind.
+
+    The beds take turns run by run, so that the load of the machine weighs on both alike.
+    """
+    keys = ("to_workload", "release", "join", "done_seen", "abort_seen")
+    figures: dict[str, dict[str, list[float]]] = {label: {key: [] for key in keys} for label in beds}
     base = Path(tempfile.mkdtemp(prefix="ksi-bench-cache-", dir="/var/tmp"))
-    leader, *followers = bed.node_names
     try:
         for _ in range(runs):
-            result, started, ended, run_dir = one_run(bed, base, DELAYS)
-            if result.returncode != 0:
-                raise SystemExit(f"ksi failed on {bed.instance}:\n{result.stderr}")
-            mark = float((run_dir.parent.parent / "mark").read_text())
-            figures["to_workload"].append(mark - started)
-            figures["release"].append(ended - mark)
-            joined = log_times(run_dir, "run directory:")
-            figures["join"].append(max(joined[n] for n in followers) - joined[leader])
-            exited = log_times(run_dir, "workload: exited")[leader]
-            seen = log_times(run_dir, "wait: the workload on")
-            figures["done_seen"].append(max(seen[n] for n in followers) - exited)
-            # The last follower fails its Liqo install after a slow create: the others are waiting by then.
-            # Each node starts its teardown right after writing or noticing the abort: its first kind delete.
-            failing = followers[-1]
-            result, _, _, run_dir = one_run(bed, base, f"kind-create@{failing}:slow=4,liqoctl-install@{failing}:fail")
-            if result.returncode == 0:
-                raise SystemExit(f"the run with a failing Liqo install succeeded on {bed.instance}:\n{result.stderr}")
-            deleting = log_times(run_dir, "run: kind delete cluster")
-            figures["abort_seen"].append(max(deleting[n] for n in deleting if n != failing) - deleting[failing])
+            for label, bed in beds.items():
+                record(bed, base, figures[label])
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {key: round(statistics.median(values), 2) for key, values in figures.items()}
+    return {label: {key: round(statistics.median(values), 2) for key, values in found.items()}
+            for label, found in figures.items()}
+
+
+def record(bed: SlurmBed, base: Path, figures: dict[str, list[float]]) -> None:
+    """Run a successful run and a run with an abort on ``bed``; append their figures."""
+    leader, *followers = bed.node_names
+    result, started, ended, run_dir = one_run(bed, base, DELAYS)
+    if result.returncode != 0:
+        raise SystemExit(f"ksi failed on {bed.instance}:\n{result.stderr}")
+    mark = float((run_dir.parent.parent / "mark").read_text())
+    figures["to_workload"].append(mark - started)
+    figures["release"].append(ended - mark)
+    joined = log_times(run_dir, "run directory:")
+    figures["join"].append(max(joined[n] for n in followers) - joined[leader])
+    exited = log_times(run_dir, "workload: exited")[leader]
+    seen = log_times(run_dir, "wait: the workload on")
+    figures["done_seen"].append(max(seen[n] for n in followers) - exited)
+    # The last follower fails its Liqo install after a slow create: the others are waiting by then.
+    # Each node starts its teardown right after writing or noticing the abort: its first kind delete.
+    failing = followers[-1]
+    result, _, _, run_dir = one_run(bed, base, f"kind-create@{failing}:slow=4,liqoctl-install@{failing}:fail")
+    if result.returncode == 0:
+        raise SystemExit(f"the run with a failing Liqo install succeeded on {bed.instance}:\n{result.stderr}")
+    deleting = log_times(run_dir, "run: kind delete cluster")
+    figures["abort_seen"].append(max(deleting[n] for n in deleting if n != failing) - deleting[failing])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=int, default=10, help="cache timeout of the caching twin, seconds")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args()
     direct = bring_up(cache_timeout=0)
     cached = bring_up(instance=cached_instance(direct.instance), cache_timeout=args.cache)
-    report = {"direct": measure(direct, args.runs), f"cache_{args.cache}s": measure(cached, args.runs)}
+    report = measure({"direct": direct, f"cache_{args.cache}s": cached}, args.runs)
     missed = [f"{key} {report[f'cache_{args.cache}s'][key] - report['direct'][key]:.2f} s slower with the cache"
               for key in ("to_workload", "release")
               if report[f"cache_{args.cache}s"][key] - report["direct"][key] > TARGET]
