@@ -12,7 +12,7 @@ Waiting for a file another node writes costs nothing extra on a client that cach
   attributes of the directory say the directory has not changed, 30-60 s by default (acdirmin, acdirmax);
   a name looked up before another node created it stays missing that long. So no name is ever looked up
   before it can exist: every node creates the run directory itself (``mkdir``, "exists" accepted), and a
-  reader opens a file only once a listing of its directory shows the name (``Rendezvous.names``).
+  reader opens a file only once a listing of its directory shows the name (``listing``).
 - Opening a directory is an open, so close-to-open consistency applies to it: the client revalidates the
   directory's attributes with the server (GETATTR), and a changed directory drops the cached misses in it
   and has its entries read again. Each poll therefore opens and lists the directory, then opens the listed
@@ -158,10 +158,6 @@ class Rendezvous:
                 _log.info("rendezvous: moved a stale run directory of this job id aside to %s", stale)
         raise KsiError(f"{path} was not empty after moving it aside {attempts} times", step="rendezvous",
                        fix=f"check what writes into {path.parent}")
-
-    def names(self) -> frozenset[str]:
-        """Return the names in the run directory now (see ``listing``); read only names it shows."""
-        return listing(self.path)
 
     def node_directory(self, node: str) -> Path:
         """Create and return this node's directory ``nodes/<node>`` (0700) in the run directory."""
