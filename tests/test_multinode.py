@@ -24,9 +24,12 @@ from tests.ksi_helpers import ACCESS_REQUESTS, KSI, WORKLOADS, wait_for
 from tests.simhost.apiserver import logged_requests
 from tests.simhost.plugin import SimHost
 from tests.testbed import bedctl
-from tests.testbed.plugin import SlurmBed
+from tests.testbed.plugin import ALSO_CACHED, CACHED, DIRECT, SlurmBed
 
 pytestmark = pytest.mark.slurm
+# ALSO_CACHED runs a test a second time on the bed's caching twin, where every node sees the shared directory
+# through its own client that keeps names, attributes and "no such file" for 30 s, as NFS clients do: a
+# wait that depends on a cache expiring outlasts KSI_RENDEZVOUS_TIMEOUT and KSI_LEADER_TIMEOUT and fails.
 
 STOP_TIMEOUT = 60.0  # seconds a background srun gets to end after SIGTERM (its tasks tear down), then SIGKILL
 # srun's line for tasks that exited non-zero: "srun: error: node2: task 1: Exited with exit code 7" (or "tasks 0-1")
@@ -170,6 +173,7 @@ def workload(multi: Multi, name: str, body: str) -> Path:
     return path
 
 
+@ALSO_CACHED
 def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) -> None:
     report = multi.shared / "report.json"
     ran = multi.shared / "ran-on"
@@ -216,6 +220,7 @@ def test_one_cluster_spans_three_nodes_and_the_workload_runs_once(multi: Multi) 
     multi.assert_clean()
 
 
+@ALSO_CACHED
 def test_workload_status_is_every_tasks_status(multi: Multi) -> None:
     result = multi.srun(workload(multi, "w.sh", "exit 7\n"))
     assert result.returncode == 7, result.stderr
@@ -236,11 +241,12 @@ def test_more_than_one_task_per_node_is_refused_on_every_task(multi: Multi) -> N
     assert multi.simhost.containers() == []
 
 
-@pytest.mark.parametrize(("fault", "phase"), [
-    ("kind-create@{follower}:fail", "create"),
-    ("liqoctl-install@{follower}:fail", "liqo install"),
-    ("liqoctl-peer:fail", "peer"),
-])
+@pytest.mark.parametrize(("fault", "phase", "slurm_bed"), [
+    ("kind-create@{follower}:fail", "create", DIRECT),
+    ("liqoctl-install@{follower}:fail", "liqo install", DIRECT),
+    ("liqoctl-install@{follower}:fail", "liqo install", CACHED),
+    ("liqoctl-peer:fail", "peer", DIRECT),
+], indirect=["slurm_bed"])
 def test_one_failure_stops_every_node_and_names_node_and_phase(multi: Multi, fault: str, phase: str) -> None:
     follower = multi.bed.node_names[1]
     result = multi.srun(workload(multi, "w.sh", "echo must-not-run\n"),
@@ -321,6 +327,7 @@ def test_leader_killed_mid_workload_followers_clean_up(multi: Multi) -> None:
     _followers_clean_leader_left(multi)
 
 
+@ALSO_CACHED
 def test_frozen_leader_is_declared_dead_by_its_heartbeat(multi: Multi) -> None:
     """A hung leader node: Slurm notices nothing for minutes, the followers within KSI_LEADER_TIMEOUT."""
     with _started_with_leader_pid(multi) as (process, pid):
@@ -342,6 +349,7 @@ def test_frozen_leader_is_declared_dead_by_its_heartbeat(multi: Multi) -> None:
         assert any(line.startswith(f"ksi[{node}] error: ") and silent in line for line in err.splitlines()), err
 
 
+@ALSO_CACHED
 def test_scancel_during_create_peering_and_workload_leaves_nothing(multi: Multi) -> None:
     for fault, state in (("kind-create:slow=60", "creating"), ("liqoctl-peer:slow=60", "peering"),
                          ("", "workload")):
@@ -377,6 +385,7 @@ def test_two_jobs_at_once_on_the_same_nodes(multi: Multi) -> None:
     multi.assert_clean()
 
 
+@ALSO_CACHED
 def test_stale_run_directory_of_the_same_job_id_is_ignored(multi: Multi) -> None:
     job = multi.sbatch(workload(multi, "w.sh", "exit 0\n"), hold=True)
     stale = multi.shared / "ksi-runs" / f"{job}.0.0"

@@ -17,7 +17,21 @@ from ksi.errors import CommandFailed, CommandTimeout, KsiError, ToolMissingError
 from ksi.host.slurm import expand_nodelist
 from ksi.host.state import read_json
 from ksi.launch import rendezvous
-from ksi.launch.rendezvous import ABORT, DONE, LEADER, Aborted, Heartbeat, Liveness, Rendezvous, heartbeat, join
+from ksi.launch.rendezvous import (
+    ABORT,
+    DONE,
+    LEADER,
+    Aborted,
+    Heartbeat,
+    Liveness,
+    Rendezvous,
+    heartbeat,
+    hello,
+    join,
+    listing,
+    make_directory,
+    ready,
+)
 from ksi.tools import proc
 from tests.ksi_helpers import wait_for
 
@@ -76,6 +90,47 @@ def test_an_old_leader_file_is_taken_once_its_heartbeat_moves(tmp_path: Path) ->
     finally:
         beat.stop()
     assert joined.nonce == "abc"
+
+
+def test_no_node_looks_a_name_up_before_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An NFS client keeps a "no such file" for up to a minute: every file is opened only once it exists."""
+    misses: list[str] = []
+    listings: list[Path] = []
+
+    def checked_read(file: Path) -> object:
+        if not file.exists():
+            misses.append(file.name)
+        return read_json(file)
+
+    def counted_listing(directory: Path) -> frozenset[str]:
+        listings.append(directory)
+        return listing(directory)
+
+    monkeypatch.setattr(rendezvous, "read_json", checked_read)
+    monkeypatch.setattr(rendezvous, "listing", counted_listing)
+    path = Rendezvous.location(tmp_path, "7", "0", 0)
+    assert make_directory(path)  # a follower came first: it creates the directory instead of looking it up
+    assert not make_directory(path)  # "exists" is an answer, not an error
+    joined: list[Rendezvous] = []
+    follower = threading.Thread(target=lambda: joined.append(join(path, 1, "n2", time.time(), 10, "n1")))
+    follower.start()
+    wait_for(lambda: listings.count(path) >= 3, 10, "the follower to poll the empty run directory")
+    leader = Rendezvous.create(path, "n1")
+    assert list(tmp_path.joinpath("ksi-runs").iterdir()) == [path]  # empty, so not taken for a stale one
+    leader.publish(LEADER, {"started": time.time(), "port": 31234, "gateway_port": 31235})
+    follower.join(timeout=10)
+    [mine] = joined
+    assert mine.nonce == leader.nonce
+    assert mine.read(DONE) is None and leader.read_many([hello(1), ready(1)]) == {}
+    mine.check_abort()
+    assert Liveness(leader, [1]).silent(60) == [] and Liveness(mine, [0]).silent(60) == []
+    assert mine.node_directory("n2") == path / "nodes" / "n2" and leader.node_directory("n1").is_dir()
+    mine.publish(hello(1))
+    leader.abort("create", "kind create failed")
+    with pytest.raises(Aborted):
+        mine.check_abort()
+    assert leader.read(hello(1)) is not None
+    assert misses == []
 
 
 def test_join_times_out_naming_the_leader_and_the_likely_cause(tmp_path: Path) -> None:

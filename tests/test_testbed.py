@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed import bedctl
-from tests.testbed.plugin import BED_SCRIPT, SlurmBed, bring_down, bring_up
+from tests.testbed.plugin import BED_SCRIPT, CACHED, SlurmBed, bring_down, bring_up
 
 pytestmark = pytest.mark.slurm
 
@@ -171,6 +171,64 @@ def test_shared_dir_is_shared_and_private_dir_is_per_node(slurm_bed: SlurmBed) -
     assert fs == "tmpfs"
 
 
+# Run on a node of the caching bed right after another node created <dir>/late, which this node had looked
+# up before: prints what each kind of access answers.
+CACHED_VIEW = r"""
+import errno, json, os, sys
+d = sys.argv[1]
+late = os.path.join(d, "late")
+seen = {"lookup": os.path.exists(late), "listed": "late" in os.listdir(d)}
+try:
+    os.close(os.open(late, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    seen["excl"] = "created"
+except OSError as exc:
+    seen["excl"] = errno.errorcode[exc.errno]
+seen["lookup_after_excl"] = os.path.exists(late)
+print(json.dumps(seen))
+"""
+LOCK_HOLDER = r"""
+import fcntl, os, sys, time
+f = open(sys.argv[1], "w")
+fcntl.flock(f, fcntl.LOCK_EX)
+open(sys.argv[2], "w").close()
+time.sleep(120)
+"""
+TRY_LOCK = r"""
+import fcntl, sys
+f = open(sys.argv[1], "w")
+try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("locked")
+except BlockingIOError:
+    print("busy")
+"""
+
+
+@pytest.mark.parametrize("slurm_bed", [CACHED], indirect=True)
+def test_caching_bed_nodes_see_the_shared_root_as_nfs_clients_do(slurm_bed: SlurmBed) -> None:
+    """A cached "not found" outlives another node's create; listing and O_EXCL ask the server; flock is local."""
+    assert slurm_bed.cache_timeout > 0
+    d = slurm_bed.shared_dir("cache")
+    n1, n2 = slurm_bed.node_names[:2]
+    assert slurm_bed.on_node(n2, ["test", "-e", str(d / "late")]).returncode == 1  # the miss node2 will keep
+    assert slurm_bed.on_node(n1, ["sh", "-c", f"echo x > {d}/late"]).returncode == 0
+    assert (d / "late").read_text() == "x\n"  # on the shared filesystem itself at once
+    view = slurm_bed.on_node(n2, [PY, "-c", CACHED_VIEW, str(d)])
+    assert view.returncode == 0, view.stderr
+    assert json.loads(view.stdout) == {"lookup": False, "listed": True, "excl": "EEXIST", "lookup_after_excl": True}
+    ready = d / "holding"
+    holder = subprocess.Popen(bedctl.nsenter_argv(slurm_bed.anchor_pid(n1), [PY, "-c", LOCK_HOLDER, str(d / "lock"),
+                                                                              str(ready)], workdir="/"))  # fmt: skip
+    try:
+        poll("the lock holder on node 1", lambda: ready.exists() or holder.poll() is not None, 30)
+        assert holder.poll() is None, holder.returncode
+        tries = {n: slurm_bed.on_node(n, [PY, "-c", TRY_LOCK, str(d / "lock")]).stdout.strip() for n in (n1, n2)}
+        assert tries == {n1: "busy", n2: "locked"}  # node-local locks, as NFS with local_lock or nolock
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
 def test_tasks_see_cgroup_v2(slurm_bed: SlurmBed) -> None:
     proc = slurm_bed.run(
         ["srun", "-N3", "sh", "-c", "test -e /sys/fs/cgroup/cgroup.controllers && stat -fc %T /sys/fs/cgroup"]
@@ -313,7 +371,7 @@ def _descendants(roots: list[int]) -> set[int]:
 
 def test_second_instance_comes_up_and_down_leaves_nothing(slurm_bed: SlurmBed) -> None:
     instance = "ksi-downtest"
-    small = bring_up(nodes=1, instance=instance)
+    small = bring_up(nodes=1, instance=instance, cache_timeout=0)
     try:
         record = json.loads((small.state_dir / "bed.json").read_text())
         main_record = json.loads((slurm_bed.state_dir / "bed.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed import bedctl
-from tests.testbed.plugin import Node, SlurmBed
+from tests.testbed.plugin import Node, SlurmBed, cached_instance
 
 
 def spec(instance: str = "ksi", index: int = 7, nodes: int = 3, kill_wait: int = 5) -> bedctl.BedSpec:
@@ -87,6 +87,40 @@ def test_record_round_trips() -> None:
     bed = SlurmBed.from_record(s.to_record("ready"))
     assert bed.nodes[0] == Node("ksi-node1", "10.213.7.11", "ksitb-ksi-node1")
     assert bed.private_dir == s.private_dir and bed.epilog_dir == s.epilog_dir and bed.kill_wait == 5
+
+
+def test_cache_mode_is_recorded_and_named() -> None:
+    cached = bedctl.derive_spec("ksi", 7, 3, 5, Path("/var/tmp/ksi-testbed"), "vm", cache_timeout=10)
+    assert cached.cache_options == "entry_timeout=10,attr_timeout=10,negative_timeout=10"
+    assert cached.cache_pid_file("ksi-node2") == Path("/var/tmp/ksi-testbed/ksi/run/bindfs-ksi-node2.pid")
+    assert bedctl.BedSpec.from_record(cached.to_record("ready")) == cached
+    assert SlurmBed.from_record(cached.to_record("ready")).cache_timeout == 10
+    assert "CACHE_TIMEOUT=10" in bedctl.describe(cached.to_record("ready")).splitlines()
+    old = spec().to_record("ready")
+    del old["cache_timeout"]  # a bed.json written before caching mounts existed
+    assert bedctl.BedSpec.from_record(old).cache_timeout == 0
+    with pytest.raises(bedctl.BedError, match="cache timeout -1"):
+        bedctl.derive_spec("ksi", 7, 3, 5, Path("/var/tmp/ksi-testbed"), "vm", cache_timeout=-1)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 0), ("", 0), ("0", 0), ("30", 30), ("x", None), ("-2", None)])
+def test_cache_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                            expected: int | None) -> None:
+    if value is None:
+        monkeypatch.delenv(bedctl.ENV_CACHE, raising=False)
+    else:
+        monkeypatch.setenv(bedctl.ENV_CACHE, value)
+    if expected is None:
+        with pytest.raises(bedctl.BedError, match=bedctl.ENV_CACHE):
+            bedctl.cache_timeout_from_env()
+    else:
+        assert bedctl.cache_timeout_from_env() == expected
+
+
+@pytest.mark.parametrize("instance", ["ksi", "nf", "x" * 20, "abcdefghijklm-opqrst"])
+def test_the_caching_twin_has_a_valid_instance_name_of_its_own(instance: str) -> None:
+    twin = cached_instance(instance)
+    assert bedctl.validate_instance(twin) == twin and twin != instance
 
 
 def test_env_sets_slurm_conf_and_drops_inherited_slurm_variables() -> None:

@@ -42,6 +42,7 @@ from ksi.launch.rendezvous import (
     Rendezvous,
     hello,
     join,
+    make_directory,
     ready,
 )
 from ksi.settings import Settings
@@ -146,8 +147,7 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, warming: threadin
     beat.start()
     life.teardown.push("stop heartbeat", beat.stop)
     rdv.publish(hello(me.rank), {"address": me.plan.node_address})
-    node_dir = rdv.path / "nodes" / me.node
-    node_dir.mkdir(parents=True, mode=0o700)
+    node_dir = rdv.node_directory(me.node)
     log.attach_file(node_dir / rundir.KSI_LOG)
     _log.info("run directory: %s", rdv.path)
     record = life.record = rundir.RunRecord(node_dir / rundir.RECORD, me.cluster_name, me.node, me.slurm.job_id,
@@ -200,6 +200,7 @@ def open_as_leader(me: NodeRun, life: Lifecycle) -> tuple[Rendezvous, int, int]:
 def join_as_follower(me: NodeRun, life: Lifecycle) -> tuple[Rendezvous, int, int]:
     """Join the run the leader announces and reserve the same K8S_PORT and gateway port on this node."""
     with life.phases.phase("rendezvous"):
+        make_directory(_location(me))  # before any lookup in it: see the rendezvous module
         rdv = join(_location(me), me.rank, me.node, me.started, me.settings.rendezvous_timeout, me.node_of(0))
         life.on_failure = lambda error: _abort(rdv, life.phases, error)
         leader = rdv.wait("the leader's ports", lambda: d if (d := rdv.read(LEADER)) and "port" in d else None,
@@ -265,9 +266,9 @@ def gather(me: NodeRun, rdv: Rendezvous, what: str, filename: Callable[[int], st
     found: dict[int, dict[str, Any]] = {}
 
     def probe() -> dict[int, dict[str, Any]] | None:
-        for rank in followers:
-            if rank not in found and (data := rdv.read(filename(rank))) is not None:
-                found[rank] = data
+        wanted = {filename(rank): rank for rank in followers if rank not in found}
+        for name, data in rdv.read_many(wanted).items():  # one listing of the directory per round
+            found[wanted[name]] = data
         return found if len(found) == me.size - 1 else None
 
     def missing() -> str:

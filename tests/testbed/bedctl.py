@@ -14,7 +14,11 @@ What one bed instance is made of (every name derives from the instance name, see
   namespaces outlive a slurmd restart and `on_node` can enter them through the anchor's pid;
 - the node names in /etc/hosts, tagged `# ksi-testbed:<instance>`;
 - everything else (slurm.conf, state, spool, pid files, logs, epilog.d, shared test directories) under one
-  state directory, `/var/tmp/ksi-testbed/<instance>`, shared by all nodes like NFS.
+  state directory, `/var/tmp/ksi-testbed/<instance>`, shared by all nodes like NFS;
+- with a cache timeout (`bed up --cache-timeout S`, or KSI_TESTBED_CACHE=S), each node sees the shared test
+  directories through its own caching FUSE client: a bindfs over `<state dir>/shared` in the node's mount
+  namespace, whose kernel caches names, attributes and "not found" answers for S seconds and whose flock is
+  node-local, as NFS clients do (see `start_cache_mount`).
 
 slurmd versus cgroup v2 on this machine's v1/v2 hybrid (checked with Slurm 22.05): with cgroup2 mounted on
 /sys/fs/cgroup, slurmd's autodetection picks cgroup/v2 and that plugin aborts ("Hybrid mode is not
@@ -50,10 +54,12 @@ from typing import Any, TextIO
 
 ENV_INSTANCE = "KSI_TESTBED_INSTANCE"
 ENV_STATE_ROOT = "KSI_TESTBED_STATE_ROOT"
+ENV_CACHE = "KSI_TESTBED_CACHE"
 DEFAULT_INSTANCE = "ksi"
 DEFAULT_STATE_ROOT = Path("/var/tmp/ksi-testbed")
 DEFAULT_NODES = 3
 DEFAULT_KILL_WAIT = 5
+DEFAULT_CACHE_TIMEOUT = 0  # seconds; 0: every node sees the shared directories directly, coherent at once
 SECOND_USER = "ksitest"
 RECORD_NAME = "bed.json"
 LOCK_NAME = ".lock"
@@ -76,6 +82,9 @@ NETNS_DIR = Path("/run/netns")
 DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PACKAGES = ("slurm-wlm", "munge")
 REQUIRED_PROGRAMS = ("slurmctld", "slurmd", "srun", "sbatch", "sinfo", "scontrol", "munged", "munge")
+CACHE_PACKAGES = ("bindfs",)  # Debian's bindfs links libfuse 2 and pulls in fuse (fusermount)
+CACHE_PROGRAMS = ("bindfs",)
+FUSE_DEVICE = Path("/dev/fuse")
 
 STATUS_STARTING = "starting"
 STATUS_READY = "ready"
@@ -235,6 +244,7 @@ class BedSpec:
     kill_wait: int
     nodes: tuple[NodeSpec, ...]
     second_user: str = SECOND_USER
+    cache_timeout: int = DEFAULT_CACHE_TIMEOUT
 
     # Network -------------------------------------------------------------------------------------------
     @property
@@ -345,6 +355,16 @@ class BedSpec:
         """Pid of the process owning the node's UTS and mount namespaces."""
         return self.run_dir / f"anchor-{node}.pid"
 
+    def cache_pid_file(self, node: str) -> Path:
+        """Pid of the bindfs serving the node's caching view of the shared root (cache mode only)."""
+        return self.run_dir / f"bindfs-{node}.pid"
+
+    @property
+    def cache_options(self) -> str:
+        """FUSE options of the caching mounts: names, attributes and misses all kept cache_timeout seconds."""
+        t = self.cache_timeout
+        return f"entry_timeout={t},attr_timeout={t},negative_timeout={t}"
+
     def munged_pid_file(self) -> Path:
         """munged's pid file."""
         return self.munge_dir / "munged.pid"
@@ -401,6 +421,7 @@ class BedSpec:
             "run_dir": str(self.run_dir),
             "second_user": self.second_user,
             "kill_wait": self.kill_wait,
+            "cache_timeout": self.cache_timeout,
             **extra,
         }
 
@@ -418,10 +439,25 @@ class BedSpec:
                 for n in record["nodes"]
             ),
             second_user=str(record.get("second_user", SECOND_USER)),
+            cache_timeout=int(record.get("cache_timeout", DEFAULT_CACHE_TIMEOUT)),
         )
 
 
 SLURM_ENV_PREFIXES = ("SLURM_", "SLURMD_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_", "SINFO_", "SCANCEL_")
+
+
+def cache_timeout_from_env(default: int = DEFAULT_CACHE_TIMEOUT) -> int:
+    """The cache timeout KSI_TESTBED_CACHE asks for (seconds), or default when it is unset or empty."""
+    text = os.environ.get(ENV_CACHE, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BedError(f"{ENV_CACHE}={text!r} is not a whole number of seconds (0 turns caching mounts off)") from None
+    if value < 0:
+        raise BedError(f"{ENV_CACHE}={text!r} must be 0 (off) or a number of seconds")
+    return value
 
 
 def validate_instance(instance: str) -> str:
@@ -439,12 +475,17 @@ def preferred_index(instance: str) -> int:
     return INDEX_RANGE.start + zlib.crc32(instance.encode()) % len(INDEX_RANGE)
 
 
-def derive_spec(instance: str, index: int, n_nodes: int, kill_wait: int, state_root: Path, hostname: str) -> BedSpec:
-    """Build the description of a bed from its instance name, index, size and KillWait (pure)."""
+def derive_spec(
+    instance: str, index: int, n_nodes: int, kill_wait: int, state_root: Path, hostname: str,
+    cache_timeout: int = DEFAULT_CACHE_TIMEOUT,
+) -> BedSpec:  # fmt: skip
+    """Build the description of a bed from its instance name, index, size, KillWait and cache timeout (pure)."""
     if not 1 <= n_nodes <= MAX_NODES:
         raise BedError(f"node count {n_nodes} out of range 1..{MAX_NODES}")
     if kill_wait < 1:
         raise BedError(f"kill_wait {kill_wait} must be at least 1 second")
+    if cache_timeout < 0:
+        raise BedError(f"cache timeout {cache_timeout} must be 0 (no caching mounts) or a number of seconds")
     nodes = tuple(
         NodeSpec(
             name=f"{instance}-node{i}",
@@ -461,6 +502,7 @@ def derive_spec(instance: str, index: int, n_nodes: int, kill_wait: int, state_r
         hostname=hostname,
         kill_wait=kill_wait,
         nodes=nodes,
+        cache_timeout=cache_timeout,
     )
 
 
@@ -706,18 +748,20 @@ def allocate_index(instance: str, state_root: Path) -> int:
 # --- bring up ------------------------------------------------------------------------------------------
 
 
-def ensure_packages() -> None:
-    """Install slurm-wlm and munge with apt-get (after apt-get update) if any of their programs is missing."""
-    missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p, path=DAEMON_PATH) is None]
+def ensure_packages(*, cache: bool = False) -> None:
+    """Install slurm-wlm and munge (and bindfs for caching mounts) with apt-get if a program is missing."""
+    packages = (*PACKAGES, *(CACHE_PACKAGES if cache else ()))
+    programs = (*REQUIRED_PROGRAMS, *(CACHE_PROGRAMS if cache else ()))
+    missing = [p for p in programs if shutil.which(p, path=DAEMON_PATH) is None]
     if not missing:
         return
-    log(f"installing {' '.join(PACKAGES)} (missing: {' '.join(missing)})")
+    log(f"installing {' '.join(packages)} (missing: {' '.join(missing)})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update"], env=env, timeout=600)
-    run(["apt-get", "install", "-y", *PACKAGES], env=env, timeout=900)
-    still = [p for p in REQUIRED_PROGRAMS if shutil.which(p, path=DAEMON_PATH) is None]
+    run(["apt-get", "install", "-y", *packages], env=env, timeout=900)
+    still = [p for p in programs if shutil.which(p, path=DAEMON_PATH) is None]
     if still:
-        raise BedError(f"after installing {' '.join(PACKAGES)} these programs are still missing: {still}")
+        raise BedError(f"after installing {' '.join(packages)} these programs are still missing: {still}")
 
 
 def ensure_second_user(user: str) -> None:
@@ -859,6 +903,55 @@ def nsenter_argv(anchor_pid: int, argv: Sequence[str], workdir: str | None = Non
     return ["nsenter", f"--target={anchor_pid}", "--net", "--uts", "--mount", *wd, "--", *argv]
 
 
+def fuse_mounted(pid: int, path: Path) -> bool:
+    """True if a FUSE filesystem is mounted on path in the mount namespace of process pid."""
+    try:
+        table = Path(f"/proc/{pid}/mountinfo").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for line in table.splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) > 4 and parts[4] == str(path) and tail.split()[:1] in (["fuse"], ["fuse.bindfs"]):
+            return True
+    return False
+
+
+def start_cache_mount(spec: BedSpec, node: NodeSpec, anchor_pid: int) -> None:
+    """Give the node a caching client of the shared root: bindfs over it, in the node's mount namespace.
+
+    The kernel's FUSE client keeps names (entry_timeout), attributes (attr_timeout) and "no such file"
+    answers (negative_timeout) for cache_timeout seconds, like an NFS client's attribute, lookup and
+    negative lookup caches: a name this node looked up and missed stays missing here after another node
+    creates it, while listing the directory, O_EXCL create, link, mkdir and rename ask the filesystem.
+    Locks are not forwarded to the source directory, so flock is node-local, as on NFS mounted with
+    local_lock or nolock. bindfs runs in the foreground (-f) so that it stays a process the bed tracks; the
+    node's processes (slurmd, tasks) share this mount namespace, so they all see the shared root through it.
+    """
+    if not FUSE_DEVICE.exists():
+        raise BedError(f"caching mounts need {FUSE_DEVICE} (modprobe fuse), which this machine lacks")
+    proc = spawn_detached(
+        [
+            "nsenter", f"--target={anchor_pid}", "--mount", "--",
+            "bindfs", "-f", "--disable-lock-forwarding", "-o", spec.cache_options,
+            str(spec.shared_root), str(spec.shared_root),
+        ],
+        output=spec.log_dir / f"bindfs-{node.name}.log",
+        env=spec.daemon_env(),
+    )  # fmt: skip
+    # nsenter execs bindfs (no fork without --pid), so proc.pid is bindfs itself.
+
+    def mounted() -> bool:
+        if proc.poll() is not None:
+            raise BedError(
+                f"bindfs of {node.name} exited {proc.returncode}:\n{tail(spec.log_dir / f'bindfs-{node.name}.log', 20)}"
+            )
+        return fuse_mounted(anchor_pid, spec.shared_root)
+
+    wait_for(f"the caching mount of {node.name}", mounted, timeout=10, interval=0.02)
+    spec.cache_pid_file(node.name).write_text(f"{proc.pid}\n")
+
+
 def start_slurmd(spec: BedSpec, node: NodeSpec, anchor_pid: int) -> None:
     """Start slurmd for one node inside the node's namespaces (it daemonises and writes its pid file)."""
     run_daemon(
@@ -898,7 +991,10 @@ def start_bed(spec: BedSpec) -> None:
 
     wait_for("slurmctld to answer `scontrol ping`", ctld_up, timeout=UP_TIMEOUT)
     for node in spec.nodes:
-        start_slurmd(spec, node, start_anchor(spec, node))
+        anchor = start_anchor(spec, node)
+        if spec.cache_timeout:
+            start_cache_mount(spec, node, anchor)
+        start_slurmd(spec, node, anchor)
 
     def all_idle() -> bool:
         states = node_states(spec)
@@ -919,8 +1015,13 @@ def health_problems(spec: BedSpec) -> list[str]:
     for node in spec.nodes:
         if not (NETNS_DIR / node.netns).exists():
             problems.append(f"netns {node.netns} is missing")
-        if owned_pid(spec.anchor_pid_file(node.name), "sleep") is None:
+        anchor = owned_pid(spec.anchor_pid_file(node.name), "sleep")
+        if anchor is None:
             problems.append(f"anchor of {node.name} is not running")
+        elif spec.cache_timeout and (
+            owned_pid(spec.cache_pid_file(node.name), "bindfs") is None or not fuse_mounted(anchor, spec.shared_root)
+        ):
+            problems.append(f"the caching mount of {node.name} is gone")
         if owned_pid(spec.slurmd_pid_file(node.name), str(spec.slurm_conf)) is None:
             problems.append(f"slurmd of {node.name} is not running")
     if problems:
@@ -948,27 +1049,30 @@ def describe(record: Mapping[str, Any]) -> str:
             f"SHARED_ROOT={record['shared_root']}",
             f"SECOND_USER={record['second_user']}",
             f"KILL_WAIT={record['kill_wait']}",
+            f"CACHE_TIMEOUT={record.get('cache_timeout', DEFAULT_CACHE_TIMEOUT)}",
             f"STATE_DIR={record['state_dir']}",
             f"RECORD={Path(record['state_dir']) / RECORD_NAME}",
         ]
     )
 
 
-def up(instance: str, state_root: Path, n_nodes: int, kill_wait: int) -> dict[str, Any]:
-    """Reuse the instance if it runs healthy with the same size and KillWait, else (re)start it; return the record."""
+def up(
+    instance: str, state_root: Path, n_nodes: int, kill_wait: int, cache_timeout: int = DEFAULT_CACHE_TIMEOUT
+) -> dict[str, Any]:
+    """Reuse the instance if it runs healthy as asked (size, KillWait, cache), else (re)start it; return the record."""
     t0 = time.monotonic()
     with global_lock(state_root):
-        ensure_packages()
+        ensure_packages(cache=cache_timeout > 0)
         state_dir = state_root / instance
         record = read_record(state_dir)
         if record is not None:
             spec = BedSpec.from_record(record)
             if record.get("status") != STATUS_READY:
                 problems = [f"record says {record.get('status')!r}"]
-            elif (len(spec.nodes), spec.kill_wait) != (n_nodes, kill_wait):
+            elif (len(spec.nodes), spec.kill_wait, spec.cache_timeout) != (n_nodes, kill_wait, cache_timeout):
                 problems = [
-                    f"running with {len(spec.nodes)} nodes and KillWait={spec.kill_wait}, "
-                    f"asked for {n_nodes} and {kill_wait}"
+                    f"running with {len(spec.nodes)} nodes, KillWait={spec.kill_wait} and cache timeout "
+                    f"{spec.cache_timeout}, asked for {n_nodes}, {kill_wait} and {cache_timeout}"
                 ]
             else:
                 problems = health_problems(spec)
@@ -978,7 +1082,8 @@ def up(instance: str, state_root: Path, n_nodes: int, kill_wait: int) -> dict[st
             log(f"instance {instance} restarts: {'; '.join(problems)}")
             stop_bed(spec)
         index = allocate_index(instance, state_root)
-        spec = derive_spec(instance, index, n_nodes, kill_wait, state_root, socket.gethostname().split(".")[0])
+        hostname = socket.gethostname().split(".")[0]
+        spec = derive_spec(instance, index, n_nodes, kill_wait, state_root, hostname, cache_timeout)
         try:
             start_bed(spec)
         except BaseException:
@@ -1086,6 +1191,8 @@ def status(instance: str, state_root: Path, out: TextIO) -> int:
     ]
     for node in spec.nodes:
         procs.append((f"anchor {node.name}", owned_pid(spec.anchor_pid_file(node.name), "sleep")))
+        if spec.cache_timeout:
+            procs.append((f"caching mount {node.name}", owned_pid(spec.cache_pid_file(node.name), "bindfs")))
         procs.append((f"slurmd {node.name}", owned_pid(spec.slurmd_pid_file(node.name), str(spec.slurm_conf))))
     for name, pid in procs:
         print(f"  {name:<28} {'pid ' + str(pid) if pid else 'NOT RUNNING'}", file=out)
@@ -1120,6 +1227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_up = sub.add_parser("up", parents=[common], help="start the bed, or reuse it if it runs healthy")
     p_up.add_argument("nodes", nargs="?", type=int, default=DEFAULT_NODES, help="number of nodes (default 3)")
     p_up.add_argument("--kill-wait", type=int, default=DEFAULT_KILL_WAIT, help="slurm.conf KillWait in seconds")
+    p_up.add_argument(
+        "--cache-timeout", type=int, default=None,
+        help=f"nodes see the shared directories through caching FUSE mounts that keep names, attributes and "
+        f"misses this many seconds, as NFS clients do; 0 = off (env {ENV_CACHE}, default {DEFAULT_CACHE_TIMEOUT})",
+    )  # fmt: skip
     p_up.add_argument("--json", action="store_true", help="print bed.json instead of KEY=value lines")
     p_down = sub.add_parser("down", parents=[common], help="stop the bed and remove what it created")
     p_down.add_argument("--purge", action="store_true", help="also delete the state directory and its logs")
@@ -1152,7 +1264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.main(args.instance, state_root, args.keep)
         instance = validate_instance(args.instance)
         if args.command == "up":
-            record = up(instance, state_root, args.nodes, args.kill_wait)
+            cache = cache_timeout_from_env() if args.cache_timeout is None else args.cache_timeout
+            record = up(instance, state_root, args.nodes, args.kill_wait, cache)
             print(json.dumps(record, indent=2) if args.json else describe(record))
             return 0
         if args.command == "down":

@@ -5,8 +5,13 @@ Provides the session fixture `slurm_bed`, which runs `bed up` (reusing a healthy
 such test until the previous tests' jobs are gone; and attaches the bed's log tails to the report of a
 failed test that used the bed. The bed is left running at session end (set KSI_TESTBED_DOWN=1 to stop it).
 
+`slurm_bed` takes a parameter (indirect parametrization, see `ALSO_CACHED`): DIRECT is the bed above,
+CACHED a second instance (`<instance>-cache`) whose nodes see the shared directories through caching mounts
+(`bed up --cache-timeout`), so a test can prove that ksi does not wait for a cache to expire.
+
 Environment: KSI_TESTBED_INSTANCE (default ksi) and KSI_TESTBED_STATE_ROOT (default /var/tmp/ksi-testbed)
-select the instance, as for `bed` itself.
+select the instance, as for `bed` itself; KSI_TESTBED_CACHE sets the cache timeout of the DIRECT bed (default
+0, no caching) and of the CACHED one (default CACHED_TIMEOUT).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ ENV_DOWN = "KSI_TESTBED_DOWN"
 SLURM_MARK = "slurm"
 FIXTURE = "slurm_bed"
 UP_TIMEOUT = 1200.0  # the first `up` on a bare machine installs slurm-wlm and munge
+DIRECT, CACHED = "direct", "cached"
+# Long enough that a wait which depends on a cache expiring outlasts the tests' rendezvous timeout (20 s):
+# it fails instead of passing slowly. NFS keeps directory attributes, and so "not found", 30 to 60 s.
+CACHED_TIMEOUT = 30
 BUSY_JOB_STATES = "PD,R,CG,CF,S,RQ,RS,RH,RF,SE,SO,ST,SI,RD,RV"
 IDLE_NODE_STATES = frozenset({"idle"})
 
@@ -58,6 +67,7 @@ class SlurmBed:
     kill_wait: int
     instance: str = bedctl.DEFAULT_INSTANCE
     shared_root: Path = bedctl.DEFAULT_STATE_ROOT / bedctl.DEFAULT_INSTANCE / "shared"
+    cache_timeout: int = bedctl.DEFAULT_CACHE_TIMEOUT  # > 0: nodes see shared_root through caching mounts
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> SlurmBed:
@@ -72,6 +82,7 @@ class SlurmBed:
             kill_wait=int(record["kill_wait"]),
             instance=str(record["instance"]),
             shared_root=Path(record["shared_root"]),
+            cache_timeout=int(record.get("cache_timeout", bedctl.DEFAULT_CACHE_TIMEOUT)),
         )
 
     @property
@@ -194,11 +205,24 @@ def bed_command(*args: str, instance: str | None = None, timeout: float = UP_TIM
 
 
 def bring_up(
-    nodes: int = bedctl.DEFAULT_NODES, kill_wait: int = bedctl.DEFAULT_KILL_WAIT, instance: str | None = None
+    nodes: int = bedctl.DEFAULT_NODES,
+    kill_wait: int = bedctl.DEFAULT_KILL_WAIT,
+    instance: str | None = None,
+    cache_timeout: int | None = None,
 ) -> SlurmBed:
-    """`bed up NODES --kill-wait S --json` (reusing a healthy bed) and return the bed it describes."""
-    out = bed_command("up", str(nodes), "--kill-wait", str(kill_wait), "--json", instance=instance)
+    """`bed up NODES --kill-wait S --cache-timeout C --json` (reusing a healthy bed); return the bed it describes.
+
+    cache_timeout None takes KSI_TESTBED_CACHE (default 0: no caching mounts).
+    """
+    cache = bedctl.cache_timeout_from_env() if cache_timeout is None else cache_timeout
+    out = bed_command("up", str(nodes), "--kill-wait", str(kill_wait), "--cache-timeout", str(cache), "--json",
+                      instance=instance)  # fmt: skip
     return SlurmBed.from_record(json.loads(out))
+
+
+def cached_instance(instance: str) -> str:
+    """The instance name of the caching twin of instance (still a valid instance name)."""
+    return f"{instance[:14].rstrip('-')}-cache"
 
 
 def bring_down(instance: str | None = None, purge: bool = False) -> None:
@@ -219,10 +243,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="the Slurm test bed needs root"))
 
 
+# Runs a test on both beds: `@ALSO_CACHED` on a test that uses slurm_bed (directly or through a fixture).
+ALSO_CACHED = pytest.mark.parametrize(FIXTURE, [DIRECT, CACHED], indirect=True)
+
+
 @pytest.fixture(scope="session")
-def slurm_bed() -> Iterator[SlurmBed]:
-    """The session's Slurm test bed: started (or reused) once, left running unless KSI_TESTBED_DOWN=1."""
-    bed = bring_up()
+def slurm_bed(request: pytest.FixtureRequest) -> Iterator[SlurmBed]:
+    """The session's Slurm test bed: started (or reused) once, left running unless KSI_TESTBED_DOWN=1.
+
+    With the parameter CACHED: the caching twin instead (see the module docstring).
+    """
+    if getattr(request, "param", DIRECT) == CACHED:
+        instance = cached_instance(os.environ.get(bedctl.ENV_INSTANCE, bedctl.DEFAULT_INSTANCE))
+        bed = bring_up(instance=instance, cache_timeout=bedctl.cache_timeout_from_env() or CACHED_TIMEOUT)
+    else:
+        bed = bring_up()
     yield bed
     if os.environ.get(ENV_DOWN) == "1":
         bring_down(bed.instance)
