@@ -35,27 +35,39 @@ LEAD = 15  # #SBATCH --signal=TERM@15
 # an end time set this far ahead is always preceded by the warning.
 LIMIT_AHEAD = LEAD + 30
 LIMIT_CHECK = 30  # seconds between slurmctld's time-limit checks (PERIODIC_TIMEOUT)
-# Marks the workload leaves in $MARKS: <job>.started once it runs, <job>.term when it sees SIGTERM.
+# Marks the workload leaves in $MARKS: <job>.started once it runs, <job>.term when it first sees SIGTERM.
+# Times come from bash's own $EPOCHREALTIME: a `date` child could die of the same signal before it writes.
 STUBBORN = """\
 #!/bin/bash
-trap 'date +%s.%N > "$MARKS/$SLURM_JOB_ID.term"' TERM
-date +%s.%N > "$MARKS/$SLURM_JOB_ID.started"
-while true; do sleep 0.1; done
+trap '[ -e "$MARKS/$SLURM_JOB_ID.term" ] || echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.term"' TERM
+echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.started"
+while true; do sleep 0.1 & wait $!; done  # a trap runs as soon as `wait` is interrupted
 """
+# Cleans up for 2 s on SIGTERM (ignoring further ones; a killed sleep does not cut the 2 s short), exits 0.
 WELL_BEHAVED = """\
 #!/bin/bash
-trap 'date +%s.%N > "$MARKS/$SLURM_JOB_ID.term"; sleep 2; date +%s.%N > "$MARKS/$SLURM_JOB_ID.cleaned"; exit 0' TERM
-date +%s.%N > "$MARKS/$SLURM_JOB_ID.started"
+tidy() {
+  trap '' TERM
+  echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.term"
+  local until=$(( ${EPOCHREALTIME/./} + 2000000 ))
+  while (( ${EPOCHREALTIME/./} < until )); do sleep 0.1; done
+  echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.cleaned"
+  exit 0
+}
+trap tidy TERM
+echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.started"
 while true; do sleep 0.1; done
 """
 HELD = """\
 #!/bin/bash
-date +%s.%N > "$MARKS/$SLURM_JOB_ID.started"
+echo "$EPOCHREALTIME" > "$MARKS/$SLURM_JOB_ID.started"
 sleep 300
 """
+# The leader's line when the stop budget shortens the grace (to nothing when even the teardown does not fit).
 STOP_LINE = re.compile(r"^ksi\[(?P<node>[^\]]+)\] stop: (?P<budget>[\d.]+) s until Slurm's SIGKILL \((?P<why>.+?)\); "
-                       r"the teardown here needs up to [\d.]+ s \((?P<teardown>[^)]+)\) \+ [\d.]+ s margin, so the "
-                       rf"workload gets (?P<grace>[\d.]+) s of KSI_GRACE_PERIOD={GRACE} s$", re.MULTILINE)
+                       r"the teardown here needs up to [\d.]+ s \((?P<teardown>[^)]+)\) \+ [\d.]+ s margin(?:, so the "
+                       rf"workload gets (?P<grace>[\d.]+) s of KSI_GRACE_PERIOD={GRACE} s|: more than the budget, so "
+                       rf"the workload gets no grace \(KSI_GRACE_PERIOD={GRACE} s\))$", re.MULTILINE)
 
 
 @dataclass
@@ -142,14 +154,13 @@ def jobs_on(slurm_bed_with_kill_wait: Callable[[int], SlurmBed], simhost: SimHos
             jobs.bed.run(["scancel", *jobs.run.jobs], timeout=30)
 
 
-def stopped_cleanly(jobs: Jobs, job: str, out: str, why: str, budget: float) -> tuple[float, float]:
-    """Check a job whose SIGTERM-ignoring workload was stopped with ``budget`` seconds left before SIGKILL.
+def stopped_cleanly(jobs: Jobs, job: str, out: str, why: str, signalled: float, budget: float) -> tuple[float, float]:
+    """Check a job whose SIGTERM-ignoring workload was stopped at ``signalled`` (or a little later), ``budget``
+    seconds before Slurm's SIGKILL.
 
     Return the grace the leader gave the workload and how long after the signal the last ksi ended.
     """
     leader = jobs.bed.node_names[0]
-    signalled = jobs.mark(job, "term")  # Slurm signals every process of the step at once, the workload too
-    assert signalled is not None, out
     took = jobs.ksi_ended(job) - signalled
     assert took < budget, f"the last ksi ended {took:.1f} s after the signal, {budget:.1f} s were left\n{out}"
     assert task_exits(out) == {0: 137, 1: 143, 2: 143}, out  # nobody was SIGKILLed by Slurm ("Killed")
@@ -157,67 +168,89 @@ def stopped_cleanly(jobs: Jobs, job: str, out: str, why: str, budget: float) -> 
     assert len(stops) == 1, out  # one line, from the leader (the followers' teardown fits: they say nothing)
     stop = stops[0]
     assert re.fullmatch(why, stop["why"]), stop[0]
-    assert f"ksi[{leader}] workload: still running after {float(stop['grace']):g} s; killing it" in out, out
+    grace = float(stop["grace"] or 0)
+    killed = re.search(rf"^ksi\[{re.escape(leader)}\] workload: still running after ([\d.]+) s; killing it$", out,
+                       re.MULTILINE)
+    assert killed is not None, out  # the grace counts from the signal: a little of it passed before the wait
+    assert grace - 1 <= float(killed[1]) <= grace, out
     assert "teardown: done in" in out and "teardown: incomplete" not in out, out
     assert jobs.clusters_of(job) == [], out
-    return float(stop["grace"]), took
+    return grace, took
 
 
-@pytest.mark.parametrize("kill_wait", [5, 30])
-def test_a_workload_ignoring_sigterm_loses_its_grace_never_the_cluster(jobs_on: Callable[[int], Jobs],
-                                                                        kill_wait: int) -> None:
-    jobs = jobs_on(kill_wait)
-    workload = jobs.write("stubborn.sh", STUBBORN)
-    if kill_wait == 5:
-        # A node that ran ksi before knows how long its deletes take: that, not KSI_TEARDOWN_TIMEOUT (20 s,
-        # more than the whole budget), is what the teardown reserves.
-        warm = jobs.run.srun(jobs.write("true.sh", "#!/bin/sh\ntrue\n"), timeout=120)
-        assert warm.returncode == 0, warm.stderr
-    limited = jobs.submit(workload, f"--signal=TERM@{LEAD}", "--time=10")
-    cancelled = jobs.submit(workload)
-    jobs.wait_started(limited, cancelled)
+def test_every_stop_ends_before_slurms_sigkill_with_killwait_5_and_30_s(jobs_on: Callable[[int], Jobs],
+                                                                        simhost: SimHost) -> None:
+    """On the beds with KillWait 5 s and 30 s at once (the waits for the time limits overlap).
 
-    end = int(time.time()) + LIMIT_AHEAD
-    moved = jobs.bed.run(["scontrol", "update", f"JobId={limited}",
-                          f"EndTime={time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(end))}"], timeout=30)
-    assert moved.returncode == 0, moved.stderr
-    jobs.bed.run(["scancel", cancelled], check=True, timeout=30)
-    out, _ = jobs.wait_ended(cancelled, kill_wait + 30)
-    teardown = "1.5 x the one delete measured on this node" if kill_wait == 5 else \
-        "KSI_TEARDOWN_TIMEOUT; no delete measured on this node yet"
-    grace, took = stopped_cleanly(jobs, cancelled, out, rf"KillWait {kill_wait} s from scontrol show config",
-                                  kill_wait)
-    assert f"({teardown})" in out, out
-    print(f"KillWait {kill_wait} s, scancel: grace {grace:g} s, every ksi done {took:.1f} s after SIGTERM")
+    On each bed a SIGTERM-ignoring workload is stopped by scancel, another by the warning of --signal=TERM@15
+    with its time limit brought near; on the 30 s bed a well-behaved workload is then stopped by scancel
+    while the time limits approach.
+    """
+    beds = {kill_wait: jobs_on(kill_wait) for kill_wait in (5, 30)}
+    # A node that ran ksi before knows how long its deletes take: on the KillWait 5 s bed that, not
+    # KSI_TEARDOWN_TIMEOUT (20 s, more than the whole budget), is what the teardown reserves.
+    warm = beds[5].run.srun(beds[5].write("true.sh", "#!/bin/sh\ntrue\n"), timeout=120)
+    assert warm.returncode == 0, warm.stderr
+    limited, cancelled, ends = {}, {}, {}
+    for kill_wait, jobs in beds.items():
+        workload = jobs.write("stubborn.sh", STUBBORN)
+        limited[kill_wait] = jobs.submit(workload, f"--signal=TERM@{LEAD}", "--time=10")
+        cancelled[kill_wait] = jobs.submit(workload)
+    for kill_wait, jobs in beds.items():
+        jobs.wait_started(limited[kill_wait], cancelled[kill_wait])
+    scancelled = {}
+    for kill_wait, jobs in beds.items():
+        ends[kill_wait] = end = int(time.time()) + LIMIT_AHEAD
+        moved = jobs.bed.run(["scontrol", "update", f"JobId={limited[kill_wait]}",
+                              f"EndTime={time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(end))}"], timeout=30)
+        assert moved.returncode == 0, moved.stderr
+        scancelled[kill_wait] = time.time()  # Slurm's SIGTERM comes a little later: a bound on the time it left
+        jobs.bed.run(["scancel", cancelled[kill_wait]], check=True, timeout=30)
 
-    out, _ = jobs.wait_ended(limited, LIMIT_AHEAD + LIMIT_CHECK + kill_wait + 30)
-    warned = jobs.mark(limited, "term")
-    assert warned is not None and LEAD - 2 <= end - warned <= LEAD + LIMIT_CHECK + 2, out  # Slurm's warning
-    left = end - warned + kill_wait
-    grace, took = stopped_cleanly(jobs, limited, out, rf"the time limit in \d+ s \+ KillWait {kill_wait} s", left)
-    assert grace > left - (1 + 0.1 * left) - 20 - 1  # the time to the limit counts, not KillWait alone
-    print(f"KillWait {kill_wait} s, --signal=TERM@{LEAD}: warned {end - warned:.1f} s before the limit, grace "
-          f"{grace:g} s, every ksi done {took:.1f} s after the warning")
-    jobs.bed.wait_idle(timeout=60)
-    jobs.run.assert_clean()
+    for kill_wait, jobs in beds.items():
+        out, _ = jobs.wait_ended(cancelled[kill_wait], kill_wait + 30)
+        teardown = "2 x the one delete measured on this node" if kill_wait == 5 else \
+            "KSI_TEARDOWN_TIMEOUT; no delete measured on this node yet"
+        grace, took = stopped_cleanly(jobs, cancelled[kill_wait], out,
+                                      rf"KillWait {kill_wait} s from scontrol show config", scancelled[kill_wait],
+                                      kill_wait)
+        assert f"({teardown})" in out, out
+        print(f"KillWait {kill_wait} s, scancel: grace {grace:g} s, every ksi done {took:.1f} s after SIGTERM")
+
+    well_behaved_keeps_its_grace(beds[30])  # while the time limits approach
+
+    for kill_wait, jobs in beds.items():
+        job, end = limited[kill_wait], ends[kill_wait]
+        out, _ = jobs.wait_ended(job, end - time.time() + LIMIT_CHECK + kill_wait + 30)
+        warned = jobs.mark(job, "term")  # Slurm's warning reaches every process of the step, the workload too
+        assert warned is not None and LEAD - 2 <= end - warned <= LEAD + LIMIT_CHECK + 2, out
+        left = end - warned + kill_wait
+        grace, took = stopped_cleanly(jobs, job, out, rf"the time limit in \d+ s \+ KillWait {kill_wait} s", warned,
+                                      left)
+        assert grace > left - (1 + 0.1 * left) - 20 - 1  # the time to the limit counts, not KillWait alone
+        print(f"KillWait {kill_wait} s, --signal=TERM@{LEAD}: warned {end - warned:.1f} s before the limit, grace "
+              f"{grace:g} s, every ksi done {took:.1f} s after the warning")
+    for jobs in beds.values():
+        jobs.bed.wait_idle(timeout=60)
+        assert jobs.run.leftovers() == {}
+    simhost.assert_clean()
 
 
-def test_a_well_behaved_workload_keeps_its_whole_grace_period(jobs_on: Callable[[int], Jobs]) -> None:
-    jobs = jobs_on(30)
+def well_behaved_keeps_its_grace(jobs: Jobs) -> None:
+    """Stop a workload that cleans up for 2 s on SIGTERM: with KillWait 30 s it gets its whole 5 s of grace."""
     job = jobs.submit(jobs.write("tidy.sh", WELL_BEHAVED), env={"KSI_GRACE_PERIOD": "5"})
     jobs.wait_started(job)
     jobs.bed.run(["scancel", job], check=True, timeout=30)
     out, _ = jobs.wait_ended(job, 60)
     leader = jobs.bed.node_names[0]
-    # 30 s of KillWait hold 5 s of grace + 20 s of teardown (KSI_TEARDOWN_TIMEOUT) + 4 s of margin.
+    # 30 s of KillWait hold 5 s of grace + a teardown (at most 20 s, KSI_TEARDOWN_TIMEOUT) + 4 s of margin.
     assert f"ksi[{leader}] workload: forwarding SIGTERM, waiting up to 5 s" in out, out
     assert " stop: " not in out and "killing it" not in out, out
     cleaned, term = jobs.mark(job, "cleaned"), jobs.mark(job, "term")
     assert cleaned is not None and term is not None and cleaned - term >= 2  # its 2 s of clean-up were kept
     assert task_exits(out) == {1: 143, 2: 143}, out  # the leader exits with the workload's own 0
     assert jobs.clusters_of(job) == [], out
-    jobs.bed.wait_idle(timeout=60)
-    jobs.run.assert_clean()
+    print(f"KillWait 30 s, scancel, well-behaved: every ksi done {jobs.ksi_ended(job) - term:.1f} s after SIGTERM")
 
 
 def test_the_epilog_removes_what_a_hung_delete_left_when_killwait_ran_out(jobs_on: Callable[[int], Jobs],

@@ -117,9 +117,10 @@ class Stopping:
     def grace(self, signum: int) -> float:
         """Return the seconds the workload may still run after stop signal ``signum`` (already forwarded to it)."""
         plan = self._planned_for(signum, workload=True)
-        if plan is None or self._guard.first_at is None:
-            return self._settings.grace_period
-        return max(self._guard.first_at + plan.grace - time.monotonic(), 0.0)
+        wanted = self._settings.grace_period
+        if plan is None or self._guard.first_at is None or plan.grace >= wanted:
+            return wanted  # the budget has room for all of it (and its margin for the moment it took to get here)
+        return max(self._guard.first_at + plan.grace - time.monotonic(), 0.0)  # shortened: it counts from the signal
 
     def teardown_deadline(self) -> float | None:
         """Return the time.monotonic() by which the teardown must end, or None (no stop signal, no budget)."""

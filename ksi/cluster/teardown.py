@@ -18,13 +18,16 @@ class Teardown:
     def __init__(self) -> None:
         self._steps: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         self.failures: list[str] = []
-        self.deadline: float | None = None  # time.monotonic() by which it must end (a stop signal's budget)
+        # Returns the time.monotonic() by which the teardown must end (a stop signal's budget), or None. Asked
+        # by every step that starts: a stop signal may arrive while the teardown already runs.
+        self.deadline: Callable[[], float | None] = lambda: None
 
     def time_left(self, limit: float) -> float:
         """Return the seconds a step may take: ``limit``, or less when the deadline is nearer (at least 1 s)."""
-        if self.deadline is None:
+        deadline = self.deadline()
+        if deadline is None:
             return limit
-        return max(min(limit, self.deadline - time.monotonic()), 1.0)
+        return max(min(limit, deadline - time.monotonic()), 1.0)
 
     def push(self, what: str, undo: Callable[..., Any], *args: Any) -> None:
         """Register ``undo(*args)``, described as ``what``, to run at teardown."""

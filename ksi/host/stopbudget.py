@@ -11,7 +11,7 @@ the limit. So a stop signal leaves:
 spent in this order: the workload's grace period, then the teardown, then a safety margin:
 
     grace = min(KSI_GRACE_PERIOD, budget - teardown - margin), at least 0
-    teardown = 1.5 x the slowest of this node's last deletes (KSI_TEARDOWN_TIMEOUT until one was measured)
+    teardown = 2 x the slowest of this node's last deletes (KSI_TEARDOWN_TIMEOUT until one was measured)
     margin = 1 s + 10 % of the budget
 
 Pure functions from Slurm's text to values, the arithmetic, and the node-local record of delete times.
@@ -36,7 +36,7 @@ DEFAULT_SIGNAL_LEAD = 60  # sbatch(1): --signal without @TIME sends the signal 6
 WARNING_EARLY = 65.0
 MARGIN_BASE = 1.0  # seconds of the margin kept whatever the budget (ksi's own exit, the kernel, the clocks)
 MARGIN_SHARE = 0.1  # and this share of the budget
-DELETE_FACTOR = 1.5  # a delete may take this much longer than the slowest one seen on the node
+DELETE_FACTOR = 2.0  # a delete may take this much longer than the slowest one seen (a busy node)
 DELETE_HISTORY = 5  # deletes remembered per node and user
 DELETE_TIMES = "delete-seconds.json"  # in the node-local state directory
 _INCLUDE_DEPTH = 4

@@ -79,6 +79,7 @@ class Lifecycle:
         self.phases = phases
         self.teardown = Teardown()
         self.stopping = stopping  # the stop budget: bounds the teardown after a stop signal
+        self.teardown.deadline = stopping.teardown_deadline
         self.record: rundir.RunRecord | None = None
         self.status: int | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
@@ -99,7 +100,6 @@ class Lifecycle:
                 self.on_failure(error)
         self._guard.disarm()
         proc.terminate_all()
-        self.teardown.deadline = self.stopping.teardown_deadline()
         finish(self.teardown, self.phases, self.record, self.status, error)
 
     def workload_ended(self, status: int, stopped_by: int | None) -> None:

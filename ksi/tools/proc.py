@@ -64,9 +64,14 @@ def which(program: str, env: Mapping[str, str] | None = None) -> str | None:
 _SHIELD = ("/bin/sh", "-c", 'trap "" TERM INT HUP; exec "$@"', "sh")
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Send TERM to the child's process group, then KILL if it is still there after a short grace."""
-    for sig, wait in ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, _KILL_GRACE)):
+def _kill_group(proc: subprocess.Popen[str], *, term: bool = True) -> None:
+    """Send TERM to the child's process group, then KILL if it is still there after a short grace.
+
+    Without ``term``, KILL at once: a shielded command ignores TERM, and waiting for it would only spend
+    what is left of a stop budget.
+    """
+    steps = ((signal.SIGTERM, _KILL_GRACE), (signal.SIGKILL, _KILL_GRACE)) if term else ((signal.SIGKILL, _KILL_GRACE),)
+    for sig, wait in steps:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
@@ -130,7 +135,7 @@ def run(
     try:
         stdout, stderr = _communicate(proc, started + timeout, check_signals=not shielded)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _kill_group(proc, term=not shielded)
         stdout, stderr = proc.communicate()
         _log.debug("timeout after %.1f s: %s\nstderr: %s", timeout, shlex.join(argv), stderr)
         raise CommandTimeout(argv, timeout, stdout, stderr, step=step) from None
@@ -140,7 +145,7 @@ def run(
             # command finish within its timeout rather than leave a half-deleted cluster, then stop.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=max(started + timeout - time.monotonic(), 0.0))
-        _kill_group(proc)
+        _kill_group(proc, term=not shielded)
         raise
     finally:
         with _live_lock:
