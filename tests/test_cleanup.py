@@ -210,6 +210,7 @@ def test_cleanup_removes_a_killed_runs_cluster_reservation_and_secrets_and_keeps
     alive, killed = bench.start(), bench.start()
     killed.kill()
     assert bench.nodes(killed.name) and (killed.run_dir / "kubeconfig").exists()
+    assert any((killed.run_dir / ".kube-client").iterdir())  # the API client's copies of the key, left behind
     killed_port = port_of(killed)
     assert str(killed_port) in bench.ksi.reservations()
 
@@ -223,7 +224,7 @@ def test_cleanup_removes_a_killed_runs_cluster_reservation_and_secrets_and_keeps
     assert bench.nodes(killed.name) == []
     assert str(killed_port) not in bench.ksi.reservations()
     assert f"{killed.name}.json" not in bench.ksi.registry()
-    assert not (killed.run_dir / "kubeconfig").exists()
+    assert not (killed.run_dir / "kubeconfig").exists() and not (killed.run_dir / ".kube-client").exists()
     assert (killed.run_dir / "ksi.log").exists() and (killed.run_dir / "workload.log").exists()
     record = json.loads((killed.run_dir / "run.json").read_text())
     assert record["state"] == "cleaned" and "is gone" in record["cleaned"]["reason"]

@@ -9,7 +9,6 @@ down its own cluster.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ class Up:
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run this rank's part of a multi-node run; return the workload's status (on every rank)."""
     phases = Phases()
-    warming = warm.start(client=slurm.procid == 0)
+    warm.libraries()
     with phases.phase("checks"):
         check_layout(slurm, environ)
         settings, problems = settings_mod.load(environ, opts.overrides)
@@ -130,18 +129,15 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
         if settings.clean_stale:
             remove_stale(settings, kind_env)
-        up = bring_up(me, life, images, warming)
+        up = bring_up(me, life, images)
         life.status = lead(me, life, up) if me.leads else follow(me, life, up)
     return life.status
 
 
 # --- every node ---------------------------------------------------------------------------------------------
 
-def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, warming: threading.Thread) -> Up:
-    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready.
-
-    ``warming`` imports the kubernetes client (on the leader) in the background.
-    """
+def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
+    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready."""
     rdv, port, gateway = open_as_leader(me, life) if me.leads else join_as_follower(me, life)
     beat = Heartbeat(rdv)
     beat.start()
@@ -155,7 +151,7 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, warming: threadin
     record.save(state="creating", phases=life.phases.seconds)
     cluster = NodeCluster(me.cluster_name, me.node, me.slurm.job_id, node_dir, me.settings, me.plan.shared_dir,
                           me.plan.kind_wrapper, me.kind_env, life.teardown)
-    issue_token = _prepare_access(me, warming) if me.leads else None
+    issue_token = _prepare_access(me) if me.leads else None
     with life.phases.phase("create"):
         images.node_image_ready()
         api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,))
@@ -315,8 +311,9 @@ def _location(me: NodeRun) -> Path:
     return Rendezvous.location(me.plan.shared_dir, me.slurm.job_id, me.slurm.step_id, me.slurm.restart_count)
 
 
-def _prepare_access(me: NodeRun, importing: threading.Thread) -> Callable[[NodeCluster], access.Access]:
-    """Start looking up the job's end; return what issues the token once ``importing`` has loaded the client."""
+def _prepare_access(me: NodeRun) -> Callable[[NodeCluster], access.Access]:
+    """Start loading the kubernetes client and looking up the job's end; return what issues the token."""
+    importing = warm.client()
     job_end = job_end_lookup(me.slurm, me.environ)
 
     def issue(cluster: NodeCluster) -> access.Access:

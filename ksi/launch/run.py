@@ -25,7 +25,7 @@ _log = log.get(__name__)
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run the workload against a fresh cluster on this node and tear everything down; return the status."""
     phases = Phases()
-    warming = warm.start(client=True)
+    warm.libraries()
     with phases.phase("checks"):
         if slurm.ntasks > 1:
             raise UsageError(f"this step runs {slurm.ntasks} tasks on one node; ksi needs exactly one task per "
@@ -54,6 +54,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         port = cluster.reserve_port(plan.port)
         record.save(port=port)
 
+        importing = warm.client()
         job_end = job_end_lookup(slurm, environ)
         with phases.phase("create"):
             images.node_image_ready()
@@ -62,7 +63,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
                   port, api)
         images.start_cluster(name, liqo=False)
         with phases.phase("access", record, api=api):
-            warming.join()
+            importing.join()
             grant = cluster.grant_access(job_end)
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])

@@ -1,35 +1,48 @@
-"""Libraries a run needs later, imported in a background thread while ksi waits for its first commands.
+"""Libraries a run needs later, imported in background threads while ksi waits for its commands.
 
 The start of a run is mostly waiting: for ``kind version``, for the stale-cluster listing, for kind
-itself. What the run needs after those waits (filelock for the node locks, jinja2 and PyYAML for the
-kind config and the kubeconfig: about 0.15 s of CPU; on the node that grants API access also the
-kubernetes client: 0.25 s, a second on a cold node) is imported meanwhile, so it is ready when needed.
+itself. The libraries needed after those waits (filelock for the node locks, jinja2 and PyYAML for the
+kind config and the kubeconfig: about 0.15 s of CPU) are imported meanwhile, from the start of the run.
+The kubernetes client (0.25 s, a second on a cold node) is imported while kind creates the cluster, and
+only where the token is issued: earlier, it would compete with the checks, which on the leader of a
+multi-node run hold up every node.
 """
 
 from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 
 from ksi import log
 from ksi.cluster.api import load_client
 
 _log = log.get(__name__)
-RUN_MODULES = ("filelock", "yaml", "jinja2")
+LIBRARIES = ("filelock", "yaml", "jinja2")
 
 
-def _load(client: bool) -> None:
-    try:
-        for name in RUN_MODULES:
-            importlib.import_module(name)
-        if client:
-            load_client()
-    except ImportError as exc:  # the run's own import reports it where it is needed
-        _log.debug("warm imports: %s", exc)
+def _start(name: str, load: Callable[[], None]) -> threading.Thread:
+    def run() -> None:
+        try:
+            load()
+        except ImportError as exc:  # the run's own import reports it where it is needed
+            _log.debug("%s: %s", name, exc)
 
-
-def start(*, client: bool) -> threading.Thread:
-    """Start importing what the run needs later, with the kubernetes client if ``client``; return the thread."""
-    thread = threading.Thread(target=_load, args=(client,), daemon=True, name="warm-imports")
+    thread = threading.Thread(target=run, daemon=True, name=name)
     thread.start()
     return thread
+
+
+def _import_libraries() -> None:
+    for name in LIBRARIES:
+        importlib.import_module(name)
+
+
+def libraries() -> threading.Thread:
+    """Start importing filelock, PyYAML and jinja2; return the thread."""
+    return _start("import-libraries", _import_libraries)
+
+
+def client() -> threading.Thread:
+    """Start importing the kubernetes client (:func:`ksi.cluster.api.load_client`); return the thread."""
+    return _start("import-kubernetes", load_client)
