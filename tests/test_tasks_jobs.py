@@ -67,6 +67,23 @@ def test_started_at_and_disruption_of_a_running_pod() -> None:
     assert jobs.disruption(deleted) == (res.NODE_LOST, "taint")
 
 
+@pytest.mark.parametrize(("reason", "stuck"), [("ContainerCreating", False), ("ErrImagePull", True),
+                                               ("ImagePullBackOff", True), ("InvalidImageName", True),
+                                               ("CreateContainerConfigError", True)])
+def test_a_container_that_cannot_start(reason: str, stuck: bool) -> None:
+    obj = pod("Pending")
+    obj["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": reason, "message": "why"}}
+    assert jobs.cannot_start(obj) == (f"the container cannot start: {reason}: why" if stuck else None)
+    assert jobs.pod_end(obj) is None
+
+
+def test_unschedulable_pod() -> None:
+    waiting = pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": "0/3 nodes are available: 1 Insufficient cpu"}])
+    assert jobs.unschedulable(waiting) == "0/3 nodes are available: 1 Insufficient cpu"
+    assert jobs.unschedulable(pod("Pending")) is None
+
+
 def test_deadline_from_the_job_conditions() -> None:
     failing = {"status": {"conditions": [{"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded"}]}}
     backoff = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}

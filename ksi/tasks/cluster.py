@@ -54,6 +54,7 @@ class Live:
     job_ended: float | None = None  # monotonic time the Job reached Complete or Failed
     deadline: bool = False
     finishing: bool = False
+    waiting_said: bool = False  # the scheduler's reason to keep the pod Pending was logged
 
 
 @dataclass
@@ -318,6 +319,13 @@ class ClusterExecutor:
         live.pod_node = (pod.get("spec") or {}).get("nodeName") or live.pod_node
         live.started = live.started or jobs.started_at(pod)
         end = jobs.pod_end(pod)
+        if end is None and event != "DELETED":
+            stuck = jobs.cannot_start(pod)
+            if stuck is not None:
+                end = PodEnd(res.ERROR, None, stuck, None, None)
+            elif not live.waiting_said and (why := jobs.unschedulable(pod)) is not None:
+                live.waiting_said = True
+                _log.info("tasks: %s waits for room on %s: %s", live.attempt.task.name, live.node, why)
         if end is None and event == "DELETED":
             pushed = jobs.disruption(pod)
             if pushed is None:

@@ -130,6 +130,31 @@ def pod_end(pod: Mapping[str, Any]) -> PodEnd | None:
     return PodEnd(res.ERROR, None if code is None else int(code), message, start, end)
 
 
+# A container waiting for one of these does not start without someone changing the SPEC (or the registry):
+# Kubernetes keeps the pod Pending for good (the Job's deadline aside), so ksi ends the attempt.
+CANNOT_START = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                          "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+def cannot_start(pod: Mapping[str, Any]) -> str | None:
+    """Return why the pod's container cannot start (``ImagePullBackOff: ...``), or None."""
+    waiting = (_container(pod).get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason not in CANNOT_START:
+        return None
+    message = str(waiting.get("message") or "").strip()
+    return f"the container cannot start: {reason}" + (f": {message}" if message else "")
+
+
+def unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """Return the scheduler's message when it cannot place the pod (PodScheduled False, Unschedulable)."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return str(condition.get("message") or "Unschedulable")
+    return None
+
+
 def started_at(pod: Mapping[str, Any]) -> float | None:
     """Return when the pod's container started running (None before it did)."""
     state = _container(pod).get("state") or {}
