@@ -156,3 +156,13 @@ def test_requests_of_a_pod() -> None:
     obj = {"spec": {"containers": [{"resources": {"requests": {"cpu": "250m", "memory": "1Gi"}}},
                                    {"resources": {"requests": {"cpu": "1"}}}, {}]}}
     assert jobs.pod_requests(obj) == {"pods": 1, "cpu": Decimal("1.25"), "memory": Decimal(2**30)}
+
+
+def test_what_other_pods_hold_per_node() -> None:
+    def running(node: str, cpu: str, phase: str = "Running", experiment: str = "other") -> dict[str, Any]:
+        return {"metadata": {"labels": {"ksi.io/experiment": experiment}}, "status": {"phase": phase},
+                "spec": {"nodeName": node, "containers": [{"resources": {"requests": {"cpu": cpu}}}]}}
+
+    pods = [running("a", "1"), running("a", "500m"), running("b", "2", phase="Succeeded"),
+            running("b", "1", experiment="mine"), {"spec": {}, "status": {"phase": "Pending"}}]
+    assert jobs.held_by_others(pods, "mine") == {"a": {"pods": 2, "cpu": Decimal("1.5")}}

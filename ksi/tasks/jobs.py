@@ -225,6 +225,21 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     return total
 
 
+def held_by_others(pods: Iterable[Mapping[str, Any]], experiment: str) -> dict[str, dict[str, Decimal]]:
+    """Return, per node, what the pods not of ``experiment`` (and not ended) hold there."""
+    held: dict[str, dict[str, Decimal]] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
+                or labels.get(EXPERIMENT_LABEL) == experiment:
+            continue
+        holds = held.setdefault(node, {})
+        for key, amount in pod_requests(pod).items():
+            holds[key] = holds.get(key, Decimal(0)) + amount
+    return held
+
+
 def slots(node: NodeInfo, wanted: Mapping[str, Decimal], used: Mapping[str, Decimal]) -> int:
     """Return how many tasks requesting ``wanted`` fit on ``node`` besides what others ``used``."""
     if not node.usable:
