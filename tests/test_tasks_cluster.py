@@ -58,8 +58,9 @@ def test_each_reason_is_reported_and_only_losses_are_retried_by_default(ksi: Ksi
                for i in range(4)}
     assert reasons == {0: ("Completed", 0), 1: ("Error", 3), 2: ("OOMKilled", 137), 3: ("DeadlineExceeded", None)}
     assert executions(ksi) == collections.Counter("0123")  # no failure is retried without retry_failed
-    log = (results(ksi, "faults") / "tasks" / "faults-1" / "log.txt").read_text()
-    assert log == "task 1 on faults-1 attempt 1\n"
+    for i in (1, 2, 3):  # the log of a pod killed at its deadline is kept too: it was followed while it ran
+        log = (results(ksi, "faults") / "tasks" / f"faults-{i}" / "log.txt").read_text()
+        assert log == f"task {i} on faults-{i} attempt 1\n", i
     for task in ("faults-1", "faults-2", "faults-3"):
         assert any(task in line and "failed" in line for line in done.stderr.splitlines())
     assert "4 tasks: 1 succeeded, 3 failed" in done.stderr
@@ -144,3 +145,43 @@ tasks: {seq: 8}
     for name, reason in first.items():
         assert counts[name.removeprefix("stop-")] == (1 if reason == "Completed" else 2)
     assert sum(counts.values()) == 8 + 3
+
+
+def copy_sweep_example(ksi: KsiRunner) -> Path:
+    import shutil
+
+    from tests.ksi_helpers import REPO
+
+    target = ksi.shared / "example_workloads" / "sweep"
+    shutil.copytree(REPO / "example_workloads" / "sweep", target)
+    return target / "sweep.yaml"
+
+
+def test_sweep_example_runs_every_task_and_status_reports_them(ksi: KsiRunner, simhost: SimHost) -> None:
+    spec = copy_sweep_example(ksi)
+    done = ksi.run("run", "--tasks", str(spec), str(ksi.shared), timeout=180)
+    assert done.returncode == 0, done.stderr
+    fits = [json.loads(log.read_text().splitlines()[-1]) for log in results(ksi, "lr-sweep").glob("tasks/*/log.txt")]
+    assert len(fits) == 12
+    assert {(f["dataset"], f["lr"], f["seed"]) for f in fits} == {
+        (d, lr, seed) for d in ("line", "noisy") for lr in (0.1, 0.03, 0.01) for seed in (1, 2)}
+    assert min(fits, key=lambda f: f["loss"])["dataset"] == "line"
+    status = ksi.run("tasks", "status", str(results(ksi, "lr-sweep")), "--json")
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["succeeded"] == 12
+    simhost.assert_clean()
+
+
+def test_sweep_example_fails_naming_the_failed_task_and_its_log(ksi: KsiRunner, simhost: SimHost) -> None:
+    spec = copy_sweep_example(ksi)
+    done = ksi.run("run", "--tasks", str(spec), str(ksi.shared), timeout=180,
+                   env={"KSI_SIM_FAULTS": "pod/lr-sweep-noisy-0-01-*:exit=3"})
+    assert done.returncode == 1, done.stderr
+    failed = json.loads((results(ksi, "lr-sweep") / "summary.json").read_text())["failed_tasks"]
+    assert len(failed) == 2 and {f["reason"] for f in failed} == {"Error"} and {f["exit_code"] for f in failed} == {3}
+    for f in failed:
+        assert f["task"].startswith("lr-sweep-noisy-0-01-")
+        assert any(f["task"] in line and f["log"] in line for line in done.stderr.splitlines())
+    status = ksi.run("tasks", "status", str(results(ksi, "lr-sweep")))
+    assert status.returncode == 1 and "10 succeeded, 2 failed" in status.stdout
+    simhost.assert_clean()

@@ -67,6 +67,23 @@ def test_started_at_and_disruption_of_a_running_pod() -> None:
     assert jobs.disruption(deleted) == (res.NODE_LOST, "taint")
 
 
+@pytest.mark.parametrize(("reason", "stuck"), [("ContainerCreating", False), ("ErrImagePull", True),
+                                               ("ImagePullBackOff", True), ("InvalidImageName", True),
+                                               ("CreateContainerConfigError", True)])
+def test_a_container_that_cannot_start(reason: str, stuck: bool) -> None:
+    obj = pod("Pending")
+    obj["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": reason, "message": "why"}}
+    assert jobs.cannot_start(obj) == (f"the container cannot start: {reason}: why" if stuck else None)
+    assert jobs.pod_end(obj) is None
+
+
+def test_unschedulable_pod() -> None:
+    waiting = pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": "0/3 nodes are available: 1 Insufficient cpu"}])
+    assert jobs.unschedulable(waiting) == "0/3 nodes are available: 1 Insufficient cpu"
+    assert jobs.unschedulable(pod("Pending")) is None
+
+
 def test_deadline_from_the_job_conditions() -> None:
     failing = {"status": {"conditions": [{"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded"}]}}
     backoff = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
@@ -139,3 +156,13 @@ def test_requests_of_a_pod() -> None:
     obj = {"spec": {"containers": [{"resources": {"requests": {"cpu": "250m", "memory": "1Gi"}}},
                                    {"resources": {"requests": {"cpu": "1"}}}, {}]}}
     assert jobs.pod_requests(obj) == {"pods": 1, "cpu": Decimal("1.25"), "memory": Decimal(2**30)}
+
+
+def test_what_other_pods_hold_per_node() -> None:
+    def running(node: str, cpu: str, phase: str = "Running", experiment: str = "other") -> dict[str, Any]:
+        return {"metadata": {"labels": {"ksi.io/experiment": experiment}}, "status": {"phase": phase},
+                "spec": {"nodeName": node, "containers": [{"resources": {"requests": {"cpu": cpu}}}]}}
+
+    pods = [running("a", "1"), running("a", "500m"), running("b", "2", phase="Succeeded"),
+            running("b", "1", experiment="mine"), {"spec": {}, "status": {"phase": "Pending"}}]
+    assert jobs.held_by_others(pods, "mine") == {"a": {"pods": 2, "cpu": Decimal("1.5")}}

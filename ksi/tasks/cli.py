@@ -143,7 +143,11 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
             "failed_tasks": outcome.failed})
     _print_summary(node, spec.name, len(tasks), counts, outcome.failed, results_dir, outcome.stopped_by)
     if outcome.stopped_by is not None:
-        return 128 + outcome.stopped_by
+        # Stopped: exit now, within the stop budget, rather than wait at interpreter exit for a request
+        # still hanging in a worker thread (what it was for runs again next time).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + outcome.stopped_by)
     return 0 if outcome.all_succeeded else EXIT_FAILURE
 
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from ksi import log
 from ksi.errors import KsiError, UsageError
-from ksi.tasks import clusterio, jobs, kube
+from ksi.tasks import clusterio, jobs, kube, podlog
 from ksi.tasks import results as res
 from ksi.tasks.jobs import NodeInfo, PodEnd
 from ksi.tasks.local import task_environment
-from ksi.tasks.runner import RECORDERS, Attempt, Ended
+from ksi.tasks.runner import Attempt, Ended
 from ksi.tasks.spec import Spec
 
 _log = log.get(__name__)
@@ -34,6 +34,7 @@ NAMESPACE = "default"
 NODES = "/api/v1/nodes"
 ALL_PODS = "/api/v1/pods"
 WORKERS = 8
+POOL = 64  # connections kept for reuse (more are opened when needed, and closed after use)
 JOB_END_GRACE = 2.0  # seconds a finished Job waits for its pod's last event before ksi looks the pod up
 LEFTOVER_TIMEOUT = 30.0  # seconds to wait for the Jobs a killed earlier run left behind to go away
 CLOSE_TIMEOUT = 20.0  # seconds close() waits for Job deletions still in flight
@@ -54,6 +55,7 @@ class Live:
     job_ended: float | None = None  # monotonic time the Job reached Complete or Failed
     deadline: bool = False
     finishing: bool = False
+    waiting_said: bool = False  # the scheduler's reason to keep the pod Pending was logged
 
 
 @dataclass
@@ -83,6 +85,7 @@ class ClusterExecutor:
         self.stopping = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="tasks-api")
         self._deleting: dict[str, concurrent.futures.Future[None]] = {}
+        self._followers: dict[str, podlog.Follower] = {}  # by task: the log stream of its running attempt
         self._turn = 0
 
     @classmethod
@@ -91,26 +94,17 @@ class ClusterExecutor:
         paths = [p for p in environ.get("KUBECONFIG", "").split(":") if p]
         if not paths:
             raise UsageError("KUBECONFIG is not set", step="tasks", fix="run inside a ksi workload, or add --local")
-        connections = WORKERS + RECORDERS + 3 + 1  # workers, recorders, watches, the runner's thread
+        connections = POOL  # workers, recorders, watches, the runner's thread, log streams (reused when done)
         return cls(spec, kube.connect(Path(paths[0]), environ.get("K8S_CLUSTER_NAME"), connections), partial_dir)
 
     # -- before the first attempt ----------------------------------------------------------------------
 
     def prepare(self) -> tuple[int, str]:
         """Remove Jobs an earlier (killed) run left, read the nodes, start the watches; return the capacity."""
-        self._remove_leftovers()
-        nodes = self.api.json("GET", NODES)
-        pods = self.api.json("GET", ALL_PODS)
-        others: dict[str, dict[str, Decimal]] = {}
-        for pod in pods.get("items") or []:
-            node = (pod.get("spec") or {}).get("nodeName")
-            if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
-                    or kube.labels(pod).get(jobs.EXPERIMENT_LABEL) == self.spec.name:
-                continue
-            holds = others.setdefault(node, {})
-            for key, amount in jobs.pod_requests(pod).items():
-                holds[key] = holds.get(key, Decimal(0)) + amount
-        for item in nodes.get("items") or []:
+        clusterio.remove_leftovers(self, LEFTOVER_TIMEOUT)
+        nodes = self.api.json("GET", NODES).get("items") or []
+        others = jobs.held_by_others(self.api.json("GET", ALL_PODS).get("items") or [], self.spec.name)
+        for item in nodes:
             info = jobs.node_info(item)
             self._nodes[info.name] = NodeState(info, others.get(info.name, {}))
             self._nodes[info.name].slots = jobs.slots(info, self._wanted, self._nodes[info.name].others)
@@ -124,24 +118,6 @@ class ClusterExecutor:
         held = ", ".join(f"{n.info.name} {n.slots}" for n in self._nodes.values() if n.slots)
         requests = jobs.describe_requests(dict(self.spec.resources))
         return total, f"what {len(self._nodes)} node(s) hold with {requests}: {held}"
-
-    def _remove_leftovers(self) -> None:
-        """Delete this experiment's Jobs that a killed earlier run left, and wait until they are gone."""
-        selector = jobs.selector(self.spec.name)
-        deadline = time.monotonic() + LEFTOVER_TIMEOUT
-        while True:
-            found = self.api.json("GET", self.jobs_path, query=[("labelSelector", selector)])
-            names = [kube.name(j) for j in found.get("items") or []]
-            if not names:
-                return
-            if time.monotonic() > deadline:
-                raise KsiError(f"Jobs of an earlier run of {self.spec.name} are still there after "
-                               f"{LEFTOVER_TIMEOUT:g} s: {', '.join(names[:5])}", step="tasks",
-                               fix=f"kubectl delete jobs -l {selector}")
-            _log.info("tasks: deleting %d Job(s) an earlier run left behind", len(names))
-            for name in names:
-                self._delete(name)
-            self.stopping.wait(0.5)
 
     def _follow(self) -> None:
         """Start the three watches and wait until each has listed what exists."""
@@ -213,10 +189,30 @@ class ClusterExecutor:
         self._deleting[name] = concurrent.futures.Future()
 
     def collect_log(self, ended: Ended) -> tuple[bytes | Path | None, str]:
-        """Fetch the attempt's complete log from pods/log (a recorder thread)."""
+        """Return the attempt's complete log: followed while it ran, else fetched now (a recorder thread)."""
+        follower = self._followers.pop(ended.attempt.task.name, None)
         if ended.ref is None:
             return None, ""
-        return clusterio.fetch_log(self, ended.attempt, ended.ref)
+        path = f"{self.pods_path}/{ended.ref}/log"
+
+        def fetch(target: Path) -> tuple[Path | None, str]:
+            return podlog.fetch(self.api, path, jobs.CONTAINER, target)
+
+        if follower is None or follower.pod != ended.ref:
+            return fetch(self._log_file(ended.attempt))
+        return follower.collect(ended.end, fetch, wait=ended.reason != res.STOPPED)
+
+    def _log_file(self, attempt: Attempt) -> Path:
+        return self.partial_dir / f"{attempt.task.name}.{attempt.number}.log"
+
+    def _follow_log(self, live: Live) -> None:
+        """Start following the log of an attempt whose container runs."""
+        assert live.pod is not None
+        follower = podlog.Follower(self.api, f"{self.pods_path}/{live.pod}/log", jobs.CONTAINER,
+                                   self._log_file(live.attempt))
+        follower.pod = live.pod
+        self._followers[live.attempt.task.name] = follower
+        follower.start()
 
     def discard(self, ended: Ended) -> None:
         """Delete the attempt's Job (its pod goes with it), once its log and result are written."""
@@ -317,7 +313,16 @@ class ClusterExecutor:
         live.pod = kube.name(pod)
         live.pod_node = (pod.get("spec") or {}).get("nodeName") or live.pod_node
         live.started = live.started or jobs.started_at(pod)
+        if live.started is not None and live.attempt.task.name not in self._followers:
+            self._follow_log(live)
         end = jobs.pod_end(pod)
+        if end is None and event != "DELETED":
+            stuck = jobs.cannot_start(pod)
+            if stuck is not None:
+                end = PodEnd(res.ERROR, None, stuck, None, None)
+            elif not live.waiting_said and (why := jobs.unschedulable(pod)) is not None:
+                live.waiting_said = True
+                _log.info("tasks: %s waits for room on %s: %s", live.attempt.task.name, live.node, why)
         if end is None and event == "DELETED":
             pushed = jobs.disruption(pod)
             if pushed is None:

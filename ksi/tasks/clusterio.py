@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ksi import log
+from ksi.errors import KsiError
 from ksi.tasks import jobs, kube
 from ksi.tasks import results as res
 from ksi.tasks.jobs import PodEnd
-from ksi.tasks.runner import Attempt, Ended
+from ksi.tasks.runner import Ended
 
 if TYPE_CHECKING:
     from ksi.tasks.cluster import ClusterExecutor, Live
 
 _log = log.get(__name__)
-LOG_TIMEOUT = (5, 60)  # a log of a lost node's pod may not come at all
 _RETRIABLE = frozenset({409, 429, 500, 502, 503, 504})
 
 
@@ -105,27 +104,22 @@ def _deadline(executor: ClusterExecutor, name: str) -> bool:
     return jobs.deadline_exceeded(job)
 
 
-def fetch_log(executor: ClusterExecutor, attempt: Attempt, pod: str) -> tuple[Path | None, str]:
-    """Stream the attempt's log from pods/log into a file; return it, or None and why it is missing."""
-    target = executor.partial_dir / f"{attempt.task.name}.{attempt.number}.log"
-    try:
-        response = executor.api.open("GET", f"{executor.pods_path}/{pod}/log", query=[("container", jobs.CONTAINER)],
-                                     timeout=LOG_TIMEOUT, accept="*/*")
-        complete = False
-        try:
-            with target.open("wb") as out:
-                for chunk in response.stream(65536):
-                    out.write(chunk)
-            complete = True
-        finally:
-            if complete:
-                response.release_conn()
-            else:
-                response.close()  # a half-read connection must not go back to the pool
-    except Exception as exc:
-        target.unlink(missing_ok=True)
-        return None, f"log unavailable: {kube.message_of(exc)}"
-    return target, ""
+def remove_leftovers(executor: ClusterExecutor, timeout: float) -> None:
+    """Delete the experiment's Jobs that a killed earlier run left, and wait (``timeout`` s) until they are gone."""
+    selector = jobs.selector(executor.spec.name)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = executor.api.json("GET", executor.jobs_path, query=[("labelSelector", selector)])
+        names = [kube.name(j) for j in found.get("items") or []]
+        if not names:
+            return
+        if time.monotonic() > deadline:
+            raise KsiError(f"Jobs of an earlier run of {executor.spec.name} are still there after {timeout:g} s: "
+                           f"{', '.join(names[:5])}", step="tasks", fix=f"kubectl delete jobs -l {selector}")
+        _log.info("tasks: deleting %d Job(s) an earlier run left behind", len(names))
+        for name in names:
+            delete(executor, name)
+        executor.stopping.wait(0.5)
 
 
 def delete(executor: ClusterExecutor, name: str) -> None:

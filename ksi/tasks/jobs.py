@@ -130,6 +130,31 @@ def pod_end(pod: Mapping[str, Any]) -> PodEnd | None:
     return PodEnd(res.ERROR, None if code is None else int(code), message, start, end)
 
 
+# A container waiting for one of these does not start without someone changing the SPEC (or the registry):
+# Kubernetes keeps the pod Pending for good (the Job's deadline aside), so ksi ends the attempt.
+CANNOT_START = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                          "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+def cannot_start(pod: Mapping[str, Any]) -> str | None:
+    """Return why the pod's container cannot start (``ImagePullBackOff: ...``), or None."""
+    waiting = (_container(pod).get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason not in CANNOT_START:
+        return None
+    message = str(waiting.get("message") or "").strip()
+    return f"the container cannot start: {reason}" + (f": {message}" if message else "")
+
+
+def unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """Return the scheduler's message when it cannot place the pod (PodScheduled False, Unschedulable)."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return str(condition.get("message") or "Unschedulable")
+    return None
+
+
 def started_at(pod: Mapping[str, Any]) -> float | None:
     """Return when the pod's container started running (None before it did)."""
     state = _container(pod).get("state") or {}
@@ -198,6 +223,21 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
             except ValueError:
                 continue
     return total
+
+
+def held_by_others(pods: Iterable[Mapping[str, Any]], experiment: str) -> dict[str, dict[str, Decimal]]:
+    """Return, per node, what the pods not of ``experiment`` (and not ended) hold there."""
+    held: dict[str, dict[str, Decimal]] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") \
+                or labels.get(EXPERIMENT_LABEL) == experiment:
+            continue
+        holds = held.setdefault(node, {})
+        for key, amount in pod_requests(pod).items():
+            holds[key] = holds.get(key, Decimal(0)) + amount
+    return held
 
 
 def slots(node: NodeInfo, wanted: Mapping[str, Decimal], used: Mapping[str, Decimal]) -> int:

@@ -42,7 +42,7 @@ class Api:
         self.client = api_client
 
     def open(self, method: str, path: str, *, query: Query = (), body: Obj | None = None,
-             timeout: tuple[float, float] = REQUEST_TIMEOUT, accept: str = "application/json") -> Any:
+             timeout: tuple[float, float | None] = REQUEST_TIMEOUT, accept: str = "application/json") -> Any:
         """Send one request; return the unread urllib3 response of a success, raise ApiError otherwise.
 
         The caller reads the response to its end (:func:`discard`, :meth:`json`) so that its connection can

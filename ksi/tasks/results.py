@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ksi import log
 from ksi.errors import EXIT_USAGE, KsiError, Problem, UsageError
 
+_log = log.get(__name__)
 MANIFEST = "tasks.json"
 SUMMARY = "summary.json"
 TASKS = "tasks"
@@ -233,17 +235,23 @@ class ResultsLock:
     def __init__(self, path: Path) -> None:
         from filelock import FileLock
 
+        self.path = path
         self._lock = FileLock(path / LOCK, timeout=0)
+        self._held = False
 
     def __enter__(self) -> ResultsLock:
         from filelock import Timeout
 
         try:
             self._lock.acquire()
+            self._held = True
         except Timeout:
-            raise KsiError(f"another `ksi tasks run` uses the results directory {self._lock.lock_file} now",
-                           step="results", fix="wait for it to end, or give this run its own --results") from None
+            raise KsiError(f"another `ksi tasks run` uses the results directory {self.path} now", step="results",
+                           fix="wait for it to end, or give this run its own --results") from None
+        except (OSError, NotImplementedError) as exc:  # a filesystem without locks: go on, as the README says
+            _log.warning("results: cannot lock %s (%s); make sure no other run uses it", self.path, exc)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        if self._held:
+            self._lock.release()
