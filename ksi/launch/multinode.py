@@ -21,7 +21,7 @@ from ksi import settings as settings_mod
 from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, names, rundir, workload
 from ksi.cluster.node import NodeCluster, reserve_port
-from ksi.cluster.peering import Member, peer_all
+from ksi.cluster.peering import Member, offload, peer_all
 from ksi.cluster.stopping import Stopping
 from ksi.errors import KsiError, UsageError
 from ksi.host.poll import completed
@@ -233,6 +233,10 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
                  rdv.check_abort)
     _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
               me.cluster_name, life.phases.seconds["peer"], me.size)
+    with life.phases.phase("offload", life.record, "peering"):
+        offload(Liqoctl(me.kind_env), up.me, settings.offload_namespaces, settings.peer_timeout)
+    _log.info("offload: namespace %s offloaded to the %d peered cluster(s) in %.2f s; their pods may run on any "
+              "node", ", ".join(settings.offload_namespaces), len(providers), life.phases.seconds["offload"])
     rdv.publish(PEERED)
     env = workload_environment(me.environ, up.cluster, up.api, up.port, up.grant)
     env.update({
