@@ -501,3 +501,16 @@ def test_a_namespace_liqo_cannot_offload_fails_the_run_before_the_workload(multi
     assert result.returncode != 0
     assert "KSI_OFFLOAD_NAMESPACES" in result.stderr and "'kube-system' is a system namespace" in result.stderr
     multi.assert_clean(idle=multi.bed.node_names)
+
+
+def test_kill_on_bad_exit_keeps_every_status_and_every_teardown(multi: Multi) -> None:
+    # Under srun -K1 the first task exiting non-zero makes Slurm stop the others: no node may exit before
+    # every node's teardown is over, so every task exits with the workload's status and nothing is left.
+    result = multi.srun(workload(multi, "w.sh", "exit 3\n"), srun_flags=("--ntasks-per-node=1", "-K1"))
+    assert result.returncode == 3, result.stderr
+    assert task_exits(result.stderr) == {0: 3, 1: 3, 2: 3}, result.stderr
+    for node in multi.bed.node_names:
+        assert f"ksi[{node}] teardown: done" in result.stderr, result.stderr
+        assert re.search(rf"ksi\[{node}\] wait: every node's teardown is over", result.stderr), result.stderr
+    assert "terminated" not in result.stderr.lower() and "143" not in result.stderr, result.stderr
+    multi.assert_clean()

@@ -99,25 +99,19 @@ def peer_all(liqoctl: Liqoctl, consumer: Member, api: ClusterApi, providers: Seq
 BUILTIN_NAMESPACES = frozenset({"default"})  # every provider has them already: no same-name twin possible
 
 
-def offload(liqoctl: Liqoctl, consumer: Member, namespaces: Sequence[str], timeout: float) -> None:
+def offload(liqoctl: Liqoctl, consumer: Member, api: ClusterApi, namespaces: Sequence[str], timeout: float) -> None:
     """Create each of ``namespaces`` in the consumer if missing, then ``liqoctl offload namespace`` it.
 
     A namespace ksi creates keeps its name in the providers (EnforceSameName: cross-namespace DNS works);
     ``default`` exists in every cluster, so its twins are named ``default-<consumer cluster id>``.
     """
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(consumer.kubeconfig), context=consumer.cluster)
-    with api_client:
-        core = client.CoreV1Api(api_client)
-        existing = {ns.metadata.name for ns in call_api(lambda: core.list_namespace(
-            _request_timeout=REQUEST_TIMEOUT), "list namespaces").items}
-        for namespace in namespaces:
-            if namespace not in existing:
-                call_api(lambda ns=namespace: core.create_namespace(
-                    client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)), _request_timeout=REQUEST_TIMEOUT),
-                    f"create namespace {namespace}")
+    for namespace in namespaces:
+        response = api.request("POST", "/api/v1/namespaces", f"create namespace {namespace}",
+                               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                               step="offload")
+        if response.status not in (201, 409):  # 409: it exists already
+            raise KsiError(f"create namespace {namespace} failed: {response.message()}", step="offload",
+                           fix="see the DEBUG log in the run directory")
     for namespace in namespaces:
         try:
             liqoctl.offload_namespace(consumer.endpoint, namespace, same_name=namespace not in BUILTIN_NAMESPACES,
