@@ -6,6 +6,7 @@ Precedence is command line > environment > default; the CLI passes its flags as 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -97,6 +98,19 @@ def _ipv4(text: str) -> str:
     return text
 
 
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        if len(name) > 63 or not _NAMESPACE.match(name):
+            raise ValueError(f"{name!r} is not a namespace name (lower-case letters, digits and '-', at most 63)")
+        if name.startswith("kube-") or name.startswith("liqo"):
+            raise ValueError(f"{name!r} is a system namespace; Liqo's pods and Kubernetes' own stay local")
+    return names
+
+
 def _not_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -144,6 +158,9 @@ class Settings:
     install_timeout: float = setting("KSI_INSTALL_TIMEOUT", _seconds, 600.0, "seconds for `liqoctl install kind`")
     peer_timeout: float = setting("KSI_PEER_TIMEOUT", _seconds, 600.0,
                                   "seconds for `liqoctl peer` and the virtual node becoming Ready")
+    offload_namespaces: tuple[str, ...] = setting(
+        "KSI_OFFLOAD_NAMESPACES", _namespaces, ("default",),
+        "comma-separated namespaces whose pods may run on the other nodes (Liqo namespace offloading)")
     liqo_chart: str = setting("KSI_LIQO_CHART", _chart, "",
                               "local copy of Liqo's Helm chart (a directory or .tgz) instead of the online one")
     node_address: str = setting("KSI_NODE_ADDRESS", _ipv4, "",

@@ -184,8 +184,10 @@ def test_sbatch_multinode_spans_three_nodes(multi: Multi, bed_examples: Path) ->
 
 def test_sbatch_multinode_fails_with_its_job(multi: Multi, bed_examples: Path) -> None:
     code, output = sbatch_wait(multi, bed_examples / "sbatch" / "multinode.sh", faults="pod/multinode-*:exit=5")
-    # Not always 1: under srun -K1 the followers exit 1 with the workload's status, and Slurm may kill the
-    # leader (143) while it exits after its teardown.
-    assert code != 0, output
+    # srun -K1: no node exits before every node's teardown is over, so Slurm kills none and the job's
+    # status is the workload's.
+    assert code == 1, output
     assert "Error, exit code 5" in output
+    for node in multi.bed.node_names:
+        assert f"ksi[{node}] teardown: done" in output, output
     multi.assert_clean()

@@ -462,3 +462,55 @@ def test_a_node_that_cannot_bind_the_runs_port_fails_the_run(multi: Multi) -> No
             f"by the leader {multi.bed.node_names[0]})") in result.stderr, result.stderr
     assert "must-not-run" not in result.stdout
     multi.assert_clean()
+
+
+def test_only_pods_of_offloaded_namespaces_run_on_other_nodes(multi: Multi) -> None:
+    # A pod pinned to a peered cluster's virtual node runs there from `default` (ksi offloads it) and from a
+    # namespace named in KSI_OFFLOAD_NAMESPACES (ksi creates it); in any other namespace Liqo leaves it Pending.
+    pod = """\
+        pod() {  # NAMESPACE NAME: a pod pinned to the first virtual node, tolerating its taint
+          kubectl create -n "$1" -f - <<YAML
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: $2}
+        spec:
+          restartPolicy: Never
+          nodeSelector: {kubernetes.io/hostname: $node}
+          tolerations: [{key: virtual-node.liqo.io/not-allowed, operator: Exists, effect: NoExecute}]
+          containers: [{name: main, image: busybox:1.36, command: ["true"]}]
+        YAML
+        }
+        node=$(kubectl get nodes -l liqo.io/type=virtual-node -o jsonpath='{.items[0].metadata.name}')
+        printf '{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}}' | kubectl create -f -
+        pod default here && pod analysis there && pod elsewhere stuck
+        kubectl wait -n default pod/here --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s
+        kubectl wait -n analysis pod/there --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s
+        kubectl wait -n elsewhere pod/stuck --for=jsonpath='{.status.reason}'=OffloadingBackOff --timeout=60s
+        kubectl get -n elsewhere pod/stuck -o jsonpath='stuck: {.status.phase} {.status.reason}{"\\n"}'
+        """
+    result = multi.srun(workload(multi, "w.sh", pod), env={"KSI_OFFLOAD_NAMESPACES": "default,analysis"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stuck: Pending OffloadingBackOff" in result.stdout, result.stdout
+    assert re.search(r"offload: namespace default, analysis offloaded to the 2 peered cluster\(s\)", result.stderr)
+    multi.assert_clean()
+
+
+def test_a_namespace_liqo_cannot_offload_fails_the_run_before_the_workload(multi: Multi) -> None:
+    # kube-system stays local; a system namespace is refused before anything is created.
+    result = multi.srun(workload(multi, "w.sh", "exit 0\n"), env={"KSI_OFFLOAD_NAMESPACES": "default,kube-system"})
+    assert result.returncode != 0
+    assert "KSI_OFFLOAD_NAMESPACES" in result.stderr and "'kube-system' is a system namespace" in result.stderr
+    multi.assert_clean(idle=multi.bed.node_names)
+
+
+def test_kill_on_bad_exit_keeps_every_status_and_every_teardown(multi: Multi) -> None:
+    # Under srun -K1 the first task exiting non-zero makes Slurm stop the others: no node may exit before
+    # every node's teardown is over, so every task exits with the workload's status and nothing is left.
+    result = multi.srun(workload(multi, "w.sh", "exit 3\n"), srun_flags=("--ntasks-per-node=1", "-K1"))
+    assert result.returncode == 3, result.stderr
+    assert task_exits(result.stderr) == {0: 3, 1: 3, 2: 3}, result.stderr
+    for node in multi.bed.node_names:
+        assert f"ksi[{node}] teardown: done" in result.stderr, result.stderr
+        assert re.search(rf"ksi\[{node}\] wait: every node's teardown is over", result.stderr), result.stderr
+    assert "terminated" not in result.stderr.lower() and "143" not in result.stderr, result.stderr
+    multi.assert_clean()

@@ -1,8 +1,9 @@
 """Liqo peering of the nodes' clusters: the leader's cluster consumes, every other node's cluster provides.
 
 Peering a provider gives the consumer one virtual node (labelled with the provider's cluster id); the
-peering is done when every provider's virtual node is Ready. ``liqoctl unpeer`` is never called (it is
-known to hang): deleting the clusters ends the peering.
+peering is done when every provider's virtual node is Ready. Liqo then runs on those virtual nodes only
+the pods of offloaded namespaces: :func:`offload` offloads the ones the settings name. ``liqoctl unpeer``
+is never called (it is known to hang): deleting the clusters ends the peering.
 """
 
 from __future__ import annotations
@@ -93,3 +94,31 @@ def peer_all(liqoctl: Liqoctl, consumer: Member, api: ClusterApi, providers: Seq
          expired=lambda: KsiError(f"virtual nodes of {', '.join(sorted(wanted - seen))} not Ready within "
                                   f"{timeout:g} s", step="peer",
                                   fix="check `liqoctl info` in the leader's cluster; raise KSI_PEER_TIMEOUT"))
+
+
+BUILTIN_NAMESPACES = frozenset({"default"})  # every provider has them already: no same-name twin possible
+
+
+def offload(liqoctl: Liqoctl, consumer: Member, api: ClusterApi, namespaces: Sequence[str], timeout: float) -> None:
+    """Create each of ``namespaces`` in the consumer if missing, then ``liqoctl offload namespace`` it.
+
+    A namespace ksi creates keeps its name in the providers (EnforceSameName: cross-namespace DNS works);
+    ``default`` exists in every cluster, so its twins are named ``default-<consumer cluster id>``.
+    """
+    for namespace in namespaces:
+        response = api.request("POST", "/api/v1/namespaces", f"create namespace {namespace}",
+                               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                               step="offload")
+        if response.status not in (201, 409):  # 409: it exists already
+            raise KsiError(f"create namespace {namespace} failed: {response.message()}", step="offload",
+                           fix="see the DEBUG log in the run directory")
+    for namespace in namespaces:
+        try:
+            liqoctl.offload_namespace(consumer.endpoint, namespace, same_name=namespace not in BUILTIN_NAMESPACES,
+                                      timeout=timeout)
+        except KsiError as exc:
+            exc.message = f"`liqoctl offload namespace {namespace}` on {consumer.node} (the leader) failed: " \
+                          f"{exc.message}"
+            exc.step = "offload"
+            exc.fix = exc.fix or f"check KSI_OFFLOAD_NAMESPACES; `kubectl get namespaceoffloading -n {namespace}`"
+            raise

@@ -35,6 +35,7 @@ class SignalGuard:
         self.pending: int | None = None
         self.received: list[int] = []
         self.first_at: float | None = None  # time.monotonic() when the first stop signal arrived
+        self.settled = False  # see settle()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.received:
@@ -56,6 +57,14 @@ class SignalGuard:
     def seen(self) -> None:
         """Note that the interruption reached the code that handles it."""
         self.pending = None
+
+    def settle(self) -> None:
+        """The run is over and torn down: from the end of ``installed`` to the exit, stop signals are ignored.
+
+        Under ``srun -K1`` Slurm signals the tasks still alive when one exits non-zero; a task that has
+        nothing left to undo must still exit with its own status, not the signal's.
+        """
+        self.settled = True
 
     def disarm(self) -> None:
         """From now on, signals are only noted (call this when teardown begins)."""
@@ -80,7 +89,7 @@ class SignalGuard:
             self.disarm()
             _current = None
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_IGN if self.settled else handler)
 
 
 _current: SignalGuard | None = None

@@ -9,6 +9,7 @@ down its own cluster.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +21,10 @@ from ksi import settings as settings_mod
 from ksi.admin.cleanup import remove_stale
 from ksi.cluster import access, names, rundir, workload
 from ksi.cluster.node import NodeCluster, reserve_port
-from ksi.cluster.peering import Member, peer_all
+from ksi.cluster.peering import Member, offload, peer_all
 from ksi.cluster.stopping import Stopping
 from ksi.errors import KsiError, UsageError
-from ksi.host.poll import completed
+from ksi.host.poll import completed, poll
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import SlurmContext, expand_nodelist
 from ksi.images.load import NodeImages
@@ -43,6 +44,7 @@ from ksi.launch.rendezvous import (
     join,
     make_directory,
     ready,
+    torn_down,
 )
 from ksi.settings import Settings
 from ksi.tools.liqoctl import Liqoctl
@@ -125,20 +127,63 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
     role = "leader" if me.leads else f"follower of {me.node_of(0)}"
     _log.info("checks: ok in %.2f s (rank %d of %d, %s, address %s)", phases.seconds["checks"], me.rank, me.size,
               role, plan.node_address)
-    with Lifecycle(guard, phases, stopping) as life:
-        images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
-        if settings.clean_stale:
-            remove_stale(settings, kind_env)
-        up = bring_up(me, life, images)
-        life.status = lead(me, life, up) if me.leads else follow(me, life, up)
+    joined: list[Rendezvous] = []
+    try:
+        with Lifecycle(guard, phases, stopping) as life:
+            images = NodeImages(plan.images, kind_env, settings.create_timeout)  # loads the node image now if needed
+            if settings.clean_stale:
+                remove_stale(settings, kind_env)
+            up = bring_up(me, life, images, joined)
+            life.status = lead(me, life, up) if me.leads else follow(me, life, up)
+    except BaseException:
+        if joined:
+            await_teardowns(me, joined[0], guard)
+        raise
+    if life.status and joined:
+        await_teardowns(me, joined[0], guard)
     return life.status
+
+
+def await_teardowns(me: NodeRun, rdv: Rendezvous, guard: SignalGuard) -> None:
+    """Before exiting non-zero, wait until every other node has said its teardown is over.
+
+    Under ``srun -K1`` the first task to exit non-zero makes Slurm stop all the others (TERM, KillWait,
+    KILL): a node that finished first would cut the others' teardown short and turn their exit status into
+    the signal's. A node that stays silent for KSI_LEADER_TIMEOUT is dead and not waited for; a stop signal
+    (scancel, the time limit) ends the wait at once, since every node is being stopped anyway.
+    """
+    guard.settle()  # the node that exits last must not be turned into a signal's status by the others' exit
+    others = [rank for rank in range(me.size) if rank != me.rank]
+    liveness = Liveness(rdv, others)
+    pending = set(others)
+    dead: list[int] = []
+
+    def settled() -> bool | None:
+        down = rdv.read_many([torn_down(r) for r in pending])  # one listing per round
+        pending.difference_update([r for r in pending if torn_down(r) in down])
+        dead[:] = [r for r in liveness.silent(me.settings.leader_timeout) if r in pending]
+        return True if guard.first is not None or pending <= set(dead) else None
+
+    started = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        poll("the other nodes' teardown", settled, interval=0.1, expired=TimeoutError,
+             timeout=me.settings.leader_timeout + 2 * me.settings.teardown_timeout)
+    if dead or pending:
+        silent = ", ".join(me.node_of(r) for r in sorted(pending))
+        _log.warning("wait: %s did not report the end of its teardown (silent or stopped); exiting", silent)
+    else:
+        _log.info("wait: every node's teardown is over after %.2f s more; exiting with status %s",
+                  time.monotonic() - started, "the workload's" if me.leads else "the leader's")
 
 
 # --- every node ---------------------------------------------------------------------------------------------
 
-def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
-    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready."""
-    rdv, port, gateway = open_as_leader(me, life) if me.leads else join_as_follower(me, life)
+def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, joined: list[Rendezvous]) -> Up:
+    """Join the run, create this node's cluster, load its images, install Liqo, and tell the others it is ready.
+
+    The rendezvous goes into ``joined`` as soon as there is one.
+    """
+    rdv, port, gateway = open_as_leader(me, life, joined) if me.leads else join_as_follower(me, life, joined)
     beat = Heartbeat(rdv)
     beat.start()
     life.teardown.push("stop heartbeat", beat.stop)
@@ -179,9 +224,16 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages) -> Up:
     return Up(rdv, cluster, member, api, port, gateway, grant)
 
 
-def open_as_leader(me: NodeRun, life: Lifecycle) -> tuple[Rendezvous, int, int]:
+def joined_run(rdv: Rendezvous, life: Lifecycle, joined: list[Rendezvous]) -> None:
+    """Note the rendezvous; the last step of this node's teardown will be to say so in down.<rank>.json."""
+    joined.append(rdv)
+    life.teardown.push("tell the other nodes this teardown is over", lambda: rdv.publish(torn_down(rdv.rank)))
+
+
+def open_as_leader(me: NodeRun, life: Lifecycle, joined: list[Rendezvous]) -> tuple[Rendezvous, int, int]:
     """Create the run directory, reserve K8S_PORT and the gateway port, and announce both in leader.json."""
     rdv = Rendezvous.create(_location(me), me.node)
+    joined_run(rdv, life, joined)
     life.on_failure = lambda error: _abort(rdv, life.phases, error)
     try:
         port = reserve_port(me.settings.state_dir, life.teardown, me.cluster_name, me.plan.port)
@@ -193,11 +245,12 @@ def open_as_leader(me: NodeRun, life: Lifecycle) -> tuple[Rendezvous, int, int]:
     return rdv, port, gateway
 
 
-def join_as_follower(me: NodeRun, life: Lifecycle) -> tuple[Rendezvous, int, int]:
+def join_as_follower(me: NodeRun, life: Lifecycle, joined: list[Rendezvous]) -> tuple[Rendezvous, int, int]:
     """Join the run the leader announces and reserve the same K8S_PORT and gateway port on this node."""
     with life.phases.phase("rendezvous"):
         make_directory(_location(me))  # before any lookup in it: see the rendezvous module
         rdv = join(_location(me), me.rank, me.node, me.started, me.settings.rendezvous_timeout, me.node_of(0))
+        joined_run(rdv, life, joined)
         life.on_failure = lambda error: _abort(rdv, life.phases, error)
         leader = rdv.wait("the leader's ports", lambda: d if (d := rdv.read(LEADER)) and "port" in d else None,
                           me.settings.rendezvous_timeout,
@@ -229,6 +282,10 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
                  rdv.check_abort)
     _log.info("peer: %d cluster(s) peered to %s in %.2f s; the cluster spans %d nodes", len(providers),
               me.cluster_name, life.phases.seconds["peer"], me.size)
+    with life.phases.phase("offload", life.record, "peering"):
+        offload(Liqoctl(me.kind_env), up.me, up.cluster.api(), settings.offload_namespaces, settings.peer_timeout)
+    _log.info("offload: namespace %s offloaded to the %d peered cluster(s) in %.2f s; their pods may run on any "
+              "node", ", ".join(settings.offload_namespaces), len(providers), life.phases.seconds["offload"])
     rdv.publish(PEERED)
     env = workload_environment(me.environ, up.cluster, up.api, up.port, up.grant)
     env.update({

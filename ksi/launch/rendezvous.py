@@ -61,6 +61,11 @@ def ready(rank: int) -> str:
     return f"ready.{rank}.json"
 
 
+def torn_down(rank: int) -> str:
+    """Return the file a rank writes once its own teardown is over."""
+    return f"down.{rank}.json"
+
+
 def heartbeat(rank: int) -> str:
     """Return the heartbeat file of a rank."""
     return f"heartbeat.{rank}.json"

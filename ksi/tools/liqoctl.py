@@ -116,3 +116,17 @@ class Liqoctl:
                 "--gw-client-address", gateway_address, "--gw-client-port", str(gateway_port),
                 "--timeout", f"{int(timeout)}s", "--skip-confirm"]
         proc.run(argv, env=self._env, timeout=timeout + _MARGIN, step=f"peer {provider.cluster_id}")
+
+    def offload_namespace(self, consumer: Endpoint, namespace: str, *, same_name: bool, timeout: float) -> None:
+        """Run ``liqoctl offload namespace``: pods of ``namespace`` in ``consumer`` may run on its virtual nodes.
+
+        Liqo's virtual kubelet reflects only pods of offloaded namespaces (others stay Pending with reason
+        OffloadingBackOff). ``same_name`` keeps the namespace's name in the providers (EnforceSameName); a
+        namespace every cluster already has, like ``default``, cannot (Liqo refuses a twin it did not create)
+        and gets DefaultName, ``<namespace>-<consumer cluster id>``.
+        """
+        argv = ["liqoctl", "offload", "namespace", namespace, "--kubeconfig", str(consumer.kubeconfig),
+                "--context", consumer.context,
+                "--namespace-mapping-strategy", "EnforceSameName" if same_name else "DefaultName",
+                "--pod-offloading-strategy", "LocalAndRemote", "--timeout", f"{max(int(timeout), 1)}s"]
+        proc.run(argv, env=self._env, timeout=timeout + _MARGIN, step=f"offload {namespace}")

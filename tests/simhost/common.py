@@ -37,7 +37,7 @@ FAULT_OPS = frozenset({
     "kind-create", "kind-delete", "kind-load",
     "nerdctl-ps", "nerdctl-rm", "nerdctl-info", "nerdctl-inspect", "nerdctl-pull", "nerdctl-save", "nerdctl-load",
     "registry",  # every contact with a registry or chart repository: fail = no network
-    "liqoctl-install", "liqoctl-peer", "liqoctl-unpeer",
+    "liqoctl-install", "liqoctl-peer", "liqoctl-unpeer", "liqoctl-offload",
     "api-token",  # the node container's API server answering a TokenRequest (set when the cluster is created)
 })
 

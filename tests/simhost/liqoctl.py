@@ -1,11 +1,11 @@
-"""Simulated liqoctl v1.0: ``install kind``, ``peer``, ``unpeer``, ``info``, ``version``.
+"""Simulated liqoctl v1.0: ``install kind``, ``peer``, ``unpeer``, ``offload namespace``, ``info``, ``version``.
 
 Like the real one it talks to the clusters' API servers with the kubeconfigs it is given, so an unreachable
 or untrusted server fails the command. What it records lives in the clusters themselves: namespace
 ``liqo`` and a cluster-ID ConfigMap for an installation (with the API address it advertises to consumers),
 a ConfigMap per peering on both sides, and a virtual node in the consumer that is Ready only when the
 provider's advertised API address answers from here with the provider's CA. The gateway is a UDP probe of
-the provider's published NodePort; tunnels and offloading are not modelled.
+the provider's published NodePort; tunnels are not modelled. ``offload namespace``: liqoctl_offload.py.
 """
 
 from __future__ import annotations
@@ -374,10 +374,13 @@ def info(values: dict[str, Any]) -> None:
 
 def run(args: list[str]) -> int:
     """Run one liqoctl command line (without the program name)."""
+    from tests.simhost.liqoctl_offload import OFFLOAD_FLAGS, offload  # it uses this module's helpers
+
     words = [a for a in args if not a.startswith("-")][:2]
     command = words[0] if words else ""
     specific = {"install": INSTALL_FLAGS, "peer": peer_flags(), "unpeer": UNPEER_FLAGS,
-                "info": [Flag("output", "o"), Flag("get", "g")], "version": [Flag("client", kind="bool")]}
+                "info": [Flag("output", "o"), Flag("get", "g")], "version": [Flag("client", kind="bool")],
+                "offload": OFFLOAD_FLAGS}
     if command not in specific:
         raise NotModelled(f"command {command!r}")
     if command == "peer":
@@ -392,6 +395,8 @@ def run(args: list[str]) -> int:
         print(peer_help())
         return 0
     expected = ["install", "kind"] if command == "install" else [command]
+    if command == "offload" and len(positional) == 3 and positional[1] in ("namespace", "ns"):
+        expected = positional  # v1.0 takes exactly one namespace
     if positional != expected:
         raise NotModelled(f"arguments {' '.join(positional)!r}")
     try:
@@ -406,6 +411,9 @@ def run(args: list[str]) -> int:
         else:
             from tests.simhost.liqoctl_install import install  # it uses this module's helpers
 
+            if command == "offload":
+                offload(values, positional[2])
+                return 0
             {"install": install, "peer": peer, "unpeer": unpeer, "info": info}[command](values)
     except LiqoError as exc:
         print(f" ERROR  {exc}", file=sys.stderr)

@@ -1,11 +1,14 @@
 """Liqo's virtual kubelet, simulated: pods bound to a virtual node run in the provider cluster it stands for.
 
 ``liqoctl peer`` leaves in the consumer a Secret with the provider's advertised API address, CA and a token
-(Liqo's identity for the tenant). A pod bound to the virtual node is reflected into the provider: same name,
-namespace ``<namespace>-<consumer cluster ID>``; the provider's scheduler and kubelet run it on the
-provider's own node (its host). The reflected pod's status is copied back as it changes (a watch on the
-provider), its deletion follows the consumer pod's, and ``pods/log`` is read from the provider. When the
-provider's node is lost, so is the virtual node: NotReady and tainted, as Liqo reports an unhealthy peer.
+(Liqo's identity for the tenant). A pod bound to the virtual node is reflected into the provider only if its
+namespace was offloaded (``liqoctl offload namespace``: a ConfigMap ``offloading`` in it names the twin
+namespace): same name, in the twin namespace; the provider's scheduler and kubelet run it on the provider's own
+node (its host). A pod of any other namespace stays Pending with reason OffloadingBackOff, as Liqo's fallback
+pod reflector leaves it, until its namespace is offloaded. The reflected pod's status is copied back as it
+changes (a watch on the provider), its deletion follows the consumer pod's, and ``pods/log`` is read from the
+provider. When the provider's node is lost, so is the virtual node: NotReady and tainted, as Liqo reports an
+unhealthy peer.
 Standard library only (the node-container process runs with ``python -S``).
 """
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 REMOTE_ID_LABEL = "liqo.io/remote-cluster-id"
 ORIGIN_LABEL = "liqo.io/origin-cluster-id"
 CLUSTER_ID_CONFIGMAP = "liqo-clusterid-configmap"
+OFFLOADING = "offloading"  # the NamespaceOffloading stand-in written by `liqoctl offload namespace`
+BACKOFF = "OffloadingBackOff"  # Liqo's reason for a pod bound to a virtual node outside offloaded namespaces
 UNREACHABLE_AFTER = 10.0  # seconds without an answer from the provider before its pods count as lost
 
 
@@ -106,16 +111,35 @@ class VirtualKubelet:
         self.remote = remote
         self.log = log
         self.started: set[str] = set()
+        self.rejected: set[str] = set()
+        self.twins: dict[str, str] = {}  # namespace -> its twin in the provider, once known
         self.lost = False
 
-    def remote_namespace(self, namespace: str) -> str:
-        """Return where the provider keeps the pods of ``namespace`` (Liqo's default offloading name)."""
-        return f"{namespace}-{self.consumer_id}"[:63].rstrip("-")
+    def remote_namespace(self, namespace: str) -> str | None:
+        """Return the provider's twin of ``namespace``, None unless the namespace was offloaded."""
+        if namespace not in self.twins:
+            from tests.simhost.apimodel import RESOURCES
+
+            record = self.store.get(RESOURCES["", "configmaps"], namespace, OFFLOADING)
+            if record is None:
+                return None
+            self.twins[namespace] = record["data"]["remoteNamespace"]
+        return self.twins[namespace]
 
     def start(self, pod: Obj) -> None:
-        """Reflect a pod just bound to the virtual node into the provider, then follow it there."""
+        """Reflect a pod just bound to the virtual node into the provider, then follow it there.
+
+        Outside an offloaded namespace the pod is rejected as Liqo rejects it: Pending, reason OffloadingBackOff.
+        """
         uid = pod["metadata"]["uid"]
         if uid in self.started:
+            return
+        if self.remote_namespace(pod["metadata"]["namespace"]) is None:
+            if uid not in self.rejected:
+                self.rejected.add(uid)
+                self.log(f"virtual kubelet {self.node_name}: {pod['metadata']['name']}: reflection disabled for "
+                         f"namespace {pod['metadata']['namespace']} (not offloaded)")
+                self.store.update(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], reject)
             return
         self.started.add(uid)
         self.store.update(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], lambda obj: obj[
@@ -128,7 +152,7 @@ class VirtualKubelet:
 
     def _follow(self, pod: Obj) -> None:
         meta = pod["metadata"]
-        namespace = self.remote_namespace(meta["namespace"])
+        namespace = self.twins[meta["namespace"]]
         spec = json.loads(json.dumps(pod["spec"]))
         for key in ("nodeName", "nodeSelector", "affinity", "topologySpreadConstraints"):
             spec.pop(key, None)  # they chose among the consumer's nodes; the provider schedules on its own
@@ -137,7 +161,6 @@ class VirtualKubelet:
             "labels": (meta.get("labels") or {}) | {ORIGIN_LABEL: self.consumer_id},
             "annotations": meta.get("annotations") or {}}, "spec": spec}
         try:
-            self.remote.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
             code, answer = self.remote.request("POST", f"/api/v1/namespaces/{namespace}/pods", reflected)
             if code != 201:
                 raise RemoteError(f"the provider refused the pod: {answer.get('message', code)}")
@@ -216,7 +239,7 @@ class VirtualKubelet:
         meta = pod["metadata"]
         if meta["uid"] not in self.started:
             return False
-        path = f"/api/v1/namespaces/{self.remote_namespace(meta['namespace'])}/pods/{meta['name']}"
+        path = f"/api/v1/namespaces/{self.twins[meta['namespace']]}/pods/{meta['name']}"
 
         def delete() -> None:
             try:
@@ -232,10 +255,19 @@ class VirtualKubelet:
     def logs(self, pod: Obj, query: str) -> Iterator[bytes]:
         """Yield the log of the reflected pod, read from the provider (``follow`` streams)."""
         meta = pod["metadata"]
-        path = f"/api/v1/namespaces/{self.remote_namespace(meta['namespace'])}/pods/{meta['name']}/log"
+        path = f"/api/v1/namespaces/{self.twins[meta['namespace']]}/pods/{meta['name']}/log"
         for chunk in self.remote.stream(f"{path}?{query}" if query else path, timeout=UNREACHABLE_AFTER):
             if chunk:
                 yield chunk
+
+
+def reject(pod: Obj) -> None:
+    """Mark a pod Liqo will not reflect as Liqo's fallback reflector does: Pending, reason OffloadingBackOff."""
+    status = pod["status"]
+    status["phase"], status["reason"] = "Pending", BACKOFF
+    for condition in status.get("conditions", []):
+        if condition.get("status") == "True":
+            condition.update(status="False", reason=BACKOFF, lastTransitionTime=rfc3339())
 
 
 def connect(store: Store, node_name: str, log: Callable[[str], None]) -> VirtualKubelet | None:
