@@ -83,13 +83,17 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_atomic(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` atomically: temporary file of ``mode``, fsync, rename (safe on NFS too)."""
+def write_atomic(path: Path, text: str | bytes, *, mode: int = 0o600) -> None:
+    """Write ``text`` (UTF-8 if a str) to ``path`` atomically: temporary file of ``mode``, fsync, rename.
+
+    Safe on NFS too: the rename is the one operation that makes the file visible under its name.
+    """
+    data = text.encode("utf-8") if isinstance(text, str) else text
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -14,11 +14,9 @@ A task's log is written before its result, so a result always has its log. A tas
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 from ksi import log
 from ksi.errors import EXIT_USAGE, KsiError, Problem, UsageError
+from ksi.host import state
 
 _log = log.get(__name__)
 MANIFEST = "tasks.json"
@@ -58,19 +57,8 @@ def state_of(reason: str) -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (see ksi.host.state.write_atomic), mode 0644 like the other results."""
+    state.write_atomic(path, data, mode=mode)
 
 
 def _json(data: Any) -> bytes:
