@@ -677,7 +677,7 @@ def test_kind_chooses_its_provider_like_kind(simhost: SimHost) -> None:
     ["kind", "create", "cluster", "--bogus"],
     ["nerdctl", "run", "-d", "alpine"],
     ["nerdctl", "ps", "--format", "{{.Names | upper}}"],
-    ["liqoctl", "offload", "namespace", "demo"],
+    ["liqoctl", "unoffload", "namespace", "demo"],
     ["liqoctl", "install", "k3s"],
 ])
 def test_unmodelled_commands_fail_loudly(simhost: SimHost, argv: list[str]) -> None:
