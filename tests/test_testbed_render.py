@@ -81,6 +81,15 @@ def test_hosts_lines_are_replaced_and_removed_per_instance() -> None:
     assert bedctl.render_hosts(without_a, "b", []) == base
 
 
+def test_an_instance_owns_its_hosts_lines_only() -> None:
+    """`nf` must not take the lines of its caching twin `nf-cache` for its own leftovers."""
+    twin = bedctl.render_hosts("127.0.0.1\tlocalhost\n", "nf-cache", spec("nf-cache").nodes)
+    assert bedctl.tagged_hosts_lines(twin, "nf") == []
+    assert len(bedctl.tagged_hosts_lines(twin, "nf-cache")) == 3
+    both = bedctl.render_hosts(twin, "nf", spec("nf").nodes)
+    assert bedctl.render_hosts(both, "nf", []) == twin
+
+
 def test_record_round_trips() -> None:
     s = spec()
     assert bedctl.BedSpec.from_record(s.to_record("ready")) == s

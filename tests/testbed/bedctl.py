@@ -570,10 +570,17 @@ CgroupPlugin=cgroup/v1
 """
 
 
+def tagged_hosts_lines(text: str, instance: str) -> list[str]:
+    """Return the /etc/hosts lines of ``text`` that belong to ``instance`` (not to ``<instance>-cache``) (pure)."""
+    tag = f"{HOSTS_TAG}{instance}"
+    return [line for line in text.splitlines() if line.rstrip().endswith(tag)]
+
+
 def render_hosts(existing: str, instance: str, nodes: Iterable[NodeSpec]) -> str:
     """Return /etc/hosts text with this instance's tagged lines replaced by one line per node (pure)."""
     tag = f"{HOSTS_TAG}{instance}"
-    kept = [line for line in existing.splitlines() if not line.rstrip().endswith(tag)]
+    mine = set(tagged_hosts_lines(existing, instance))
+    kept = [line for line in existing.splitlines() if line not in mine]
     added = [f"{n.address}\t{n.name}\t{tag}" for n in nodes]
     return "\n".join(kept + added) + "\n"
 
@@ -1141,7 +1148,7 @@ def leftover_resources(spec: BedSpec) -> list[str]:
     """Namespaces, links and hosts lines of the bed that still exist."""
     found = [f"netns {n.netns}" for n in spec.nodes if (NETNS_DIR / n.netns).exists()]
     found += [f"link {name}" for name in (spec.bridge, *(n.veth for n in spec.nodes)) if link_exists(name)]
-    if HOSTS_FILE.exists() and f"{HOSTS_TAG}{spec.instance}" in HOSTS_FILE.read_text():
+    if HOSTS_FILE.exists() and tagged_hosts_lines(HOSTS_FILE.read_text(), spec.instance):
         found.append(f"{HOSTS_FILE} lines tagged {HOSTS_TAG}{spec.instance}")
     return found
 
