@@ -25,6 +25,7 @@ from ksi.host.signals import SignalGuard
 from ksi.host.slurm import context
 from ksi.host.stopbudget import EndSignal, StopBudget, plan
 from ksi.tools.squeue import parse_state_and_end
+from tests.ksi_helpers import wait_for
 
 # Lines of `scontrol show config` of Slurm 22.05 around KillWait, as printed.
 SHOW_CONFIG = """\
@@ -184,6 +185,7 @@ def test_teardown_time_left_is_bounded_by_the_deadline() -> None:
 SCONTROL = """#!/bin/sh
 case "$1 $2" in
   "show config") [ -n "$FAKE_SCONTROL_DOWN" ] && { echo "slurm_load_ctl_conf error: Unable to contact" >&2; exit 1; }
+                 [ -n "$FAKE_SCONTROL_SLOW" ] && sleep "$FAKE_SCONTROL_SLOW"
                  echo "KillWait                = $FAKE_KILL_WAIT sec" ;;
   "write batch_script") [ "$3 $4" = "$FAKE_JOB -" ] && [ -f "$FAKE_BATCH" ] && exec cat "$FAKE_BATCH"
                  echo "scontrol: error: job $3 is not a batch job" >&2; exit 1 ;;
@@ -209,13 +211,20 @@ def slurm_env(tmp_path: Path) -> dict[str, str]:
             "SLURM_CONF": str(tmp_path / "slurm.conf")}
 
 
-def _stopped(env: dict[str, str], signum: int = signal.SIGTERM) -> tuple[Stopping, SignalGuard]:
-    """Return a run's Stopping (learning from ``env``) after a real ``signum`` reached this process."""
+def _stopped(env: dict[str, str], signum: int = signal.SIGTERM, *, learned: bool = True) -> tuple[Stopping,
+                                                                                                  SignalGuard]:
+    """Return a run's Stopping (learning from ``env``) after a real ``signum`` reached this process.
+
+    The signal comes once the lookup has finished, as it does in a run (the lookup takes a fraction of the
+    checks' time): a stop during the lookup is the slurm.conf test's.
+    """
     settings, problems = settings_mod.load(env)
     assert problems == []
     guard = SignalGuard()
     with guard.installed():
         stop = Stopping.learn(context(env), settings, env, guard)
+        if learned:
+            wait_for(lambda: stop.learned, 30, "the stop budget's lookup")
         with pytest.raises(Interrupted):
             os.kill(os.getpid(), signum)
             time.sleep(5)  # the handler raises in this thread, well before
@@ -261,6 +270,20 @@ def test_kill_wait_falls_back_to_slurm_conf_then_to_slurms_default(slurm_env: di
     assert stopping.site_kill_wait(down) == (None, "no answer from scontrol show config and no slurm.conf")
     assert stopping.kill_wait(down) == (30, "Slurm's default; no answer from scontrol show config and no slurm.conf")
     assert stopping.kill_wait(slurm_env | {"FAKE_KILL_WAIT": "120"}) == (120, "scontrol show config")
+
+
+def test_a_stop_during_a_slow_lookup_reads_slurm_conf(slurm_env: dict[str, str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    Path(slurm_env["SLURM_CONF"]).write_text("KillWait=8\n")
+    env = slurm_env | {"FAKE_SCONTROL_SLOW": "5", "KSI_GRACE_PERIOD": "60", "KSI_TEARDOWN_TIMEOUT": "2"}
+    with caplog.at_level(logging.INFO, logger="ksi"):
+        stop, _ = _stopped(env, learned=False)
+        started = time.monotonic()
+        grace = stop.grace(signal.SIGTERM)
+    assert time.monotonic() - started < stopping.LEARN_WAIT + 1  # it did not wait for the controller
+    assert 3 < grace <= 8 - 2 - 1.8  # KillWait 8 s from slurm.conf: 2 s of teardown, 1.8 s of margin
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"(KillWait 8 s from {slurm_env['SLURM_CONF']})" in line
 
 
 def test_the_signal_warning_adds_the_time_to_the_limit(slurm_env: dict[str, str], tmp_path: Path,

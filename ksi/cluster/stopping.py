@@ -24,8 +24,9 @@ from ksi.tools.scontrol import Scontrol
 from ksi.tools.squeue import Squeue
 
 _log = log.get(__name__)
-LEARN_WAIT = 2.0  # seconds a stop signal waits for a lookup still under way before using slurm.conf
-STATE_TIMEOUT = 3.0  # seconds for squeue's answer on whether a signal is the --signal warning
+# Both waits are spent out of the budget they serve (KillWait may be 5 s): short, with a safe answer after.
+LEARN_WAIT = 0.5  # seconds a stop signal waits for a lookup still under way, then reads slurm.conf instead
+STATE_TIMEOUT = 1.5  # seconds for squeue's answer on whether a signal is the --signal warning (else: KillWait)
 # squeue's states of a job that is not ending: SIGNALING while slurmctld delivers a signal (the --signal
 # warning starts with a SIGCONT and shows it; a scancel shows COMPLETING or CANCELLED instead).
 STILL_RUNNING = frozenset({"RUNNING", "SIGNALING"})
@@ -113,6 +114,11 @@ class Stopping:
             learning = pool.submit(learn, dict(environ), slurm.job_id)
             pool.shutdown(wait=False)
         return cls(settings, guard, environ, slurm.job_id, learning)
+
+    @property
+    def learned(self) -> bool:
+        """True once the background lookup has finished (or when there is none: outside Slurm)."""
+        return self._learning is None or self._learning.done()
 
     def grace(self, signum: int) -> float:
         """Return the seconds the workload may still run after stop signal ``signum`` (already forwarded to it)."""

@@ -274,8 +274,8 @@ def slurm_bed_with_kill_wait(slurm_bed: SlurmBed) -> Iterator[Callable[[int], Sl
     """Return a function giving a bed with KillWait S: the session's bed when it has S, else a second instance.
 
     The second instance's name derives from the session's (kill_wait_instance); it starts (or is reused) on
-    first use, has as many nodes as the session's bed, and is left running like it (KSI_TESTBED_DOWN=1 stops
-    it). A test that uses it waits for that bed's earlier jobs itself (``wait_idle``).
+    first use, has as many nodes and the same cache timeout as the session's bed, and is left running like it
+    (KSI_TESTBED_DOWN=1 stops it). A test that uses it waits for that bed's earlier jobs itself (``wait_idle``).
     """
     started: dict[int, SlurmBed] = {}
 
@@ -284,7 +284,7 @@ def slurm_bed_with_kill_wait(slurm_bed: SlurmBed) -> Iterator[Callable[[int], Sl
             return slurm_bed
         if kill_wait not in started:
             started[kill_wait] = bring_up(len(slurm_bed.nodes), kill_wait,
-                                          kill_wait_instance(slurm_bed.instance, kill_wait))
+                                          kill_wait_instance(slurm_bed.instance, kill_wait), slurm_bed.cache_timeout)
         return started[kill_wait]
 
     yield bed
