@@ -136,6 +136,10 @@ def peer_pair(simhost: SimHost, tmp_path: Path, app: Path, provider_faults: str 
                  "--gw-server-service-type", "NodePort", "--gw-server-service-nodeport", "30051",
                  "--gw-client-address", "127.0.0.1", "--gw-client-port", str(gateway), "--cpu", "2")
     assert peered.returncode == 0, peered.stderr
+    # Liqo reflects only pods of offloaded namespaces; ksi's leader offloads `default` the same way.
+    offloaded = run(simhost, "liqoctl", "offload", "namespace", "default", "--kubeconfig", str(consumer),
+                    "--namespace-mapping-strategy", "DefaultName", "--pod-offloading-strategy", "LocalAndRemote")
+    assert offloaded.returncode == 0, offloaded.stderr
     return Cluster(consumer), Cluster(provider)
 
 
