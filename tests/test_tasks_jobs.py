@@ -136,8 +136,9 @@ def test_which_nodes_take_tasks() -> None:
     virtual = jobs.node_info(node("v", taints=liqo, virtual=True))
     assert virtual.usable and virtual.virtual
     lost = jobs.node_info(node("l", ready="Unknown", taints=unreachable))
-    assert not lost.usable and lost.why.startswith("not Ready")
-    assert jobs.node_info(node("c", unschedulable=True)).why == "cordoned (unschedulable)"
+    assert not lost.usable and not lost.ready and lost.why == "not Ready (KubeletReady)"
+    cordoned = jobs.node_info(node("c", unschedulable=True))
+    assert (cordoned.why, cordoned.ready, cordoned.usable) == ("cordoned (unschedulable)", True, False)
     assert jobs.node_info(node("t", taints=[{"key": "gpu", "effect": "NoSchedule"}])).why == "tainted gpu:NoSchedule"
     assert jobs.node_info(node("p", taints=[{"key": "x", "effect": "PreferNoSchedule"}])).usable
 

@@ -1,10 +1,11 @@
 """The cluster executor: each attempt a Kubernetes Job, followed through watches of Jobs, pods and nodes.
 
 Three watch threads (Jobs and pods of the experiment by label, and the nodes) feed one inbox that the main
-thread drains in :meth:`ClusterExecutor.wait`; nothing polls per task. A small pool of workers does the
-requests: create a Job, fetch an ended attempt's complete log (pods/log), delete a Job once the runner has
-written the attempt's log and result. ksi places every pod on a node itself (the leader's node or a Liqo
-virtual node) so that tasks spread over all of them within what each node can hold.
+thread drains in :meth:`ClusterExecutor.wait`; nothing polls per task. A small pool of workers creates the
+Jobs and works out how each attempt ended; the log of every running container is followed
+(:mod:`ksi.tasks.podlog`); the runner's recorders collect that log and delete the Job once the attempt's
+log and result are written. ksi places every pod on a node itself (the leader's node or a Liqo virtual
+node) so that tasks spread over all of them within what each node can hold.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ NODES = "/api/v1/nodes"
 ALL_PODS = "/api/v1/pods"
 WORKERS = 8
 POOL = 64  # connections kept for reuse (more are opened when needed, and closed after use)
+FOLLOW_AFTER = 1.0  # seconds a container runs before its log is streamed (a shorter one's is fetched once)
 JOB_END_GRACE = 2.0  # seconds a finished Job waits for its pod's last event before ksi looks the pod up
 LEFTOVER_TIMEOUT = 30.0  # seconds to wait for the Jobs a killed earlier run left behind to go away
 CLOSE_TIMEOUT = 20.0  # seconds close() waits for Job deletions still in flight
@@ -56,6 +58,8 @@ class Live:
     deadline: bool = False
     finishing: bool = False
     waiting_said: bool = False  # the scheduler's reason to keep the pod Pending was logged
+    running_since: float | None = None  # monotonic time the watch first showed its container running
+    followed: bool = False  # its log is being streamed
 
 
 @dataclass
@@ -85,7 +89,7 @@ class ClusterExecutor:
         self.stopping = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="tasks-api")
         self._deleting: dict[str, concurrent.futures.Future[None]] = {}
-        self._followers: dict[str, podlog.Follower] = {}  # by task: the log stream of its running attempt
+        self._followers: dict[str, podlog.Follower] = {}  # the log streams of running attempts, by log file
         self._turn = 0
 
     @classmethod
@@ -177,7 +181,7 @@ class ClusterExecutor:
                 ended.append(obj)
             else:
                 self._apply(kind, event, obj)
-        self._check_jobs_without_pods()
+        self._look_after()
         return ended
 
     def forget(self, ended: Ended) -> None:
@@ -190,7 +194,7 @@ class ClusterExecutor:
 
     def collect_log(self, ended: Ended) -> tuple[bytes | Path | None, str]:
         """Return the attempt's complete log: followed while it ran, else fetched now (a recorder thread)."""
-        follower = self._followers.pop(ended.attempt.task.name, None)
+        follower = self._followers.pop(self._log_file(ended.attempt).name, None)
         if ended.ref is None:
             return None, ""
         path = f"{self.pods_path}/{ended.ref}/log"
@@ -198,7 +202,7 @@ class ClusterExecutor:
         def fetch(target: Path) -> tuple[Path | None, str]:
             return podlog.fetch(self.api, path, jobs.CONTAINER, target)
 
-        if follower is None or follower.pod != ended.ref:
+        if follower is None or follower.pod != ended.ref:  # it ended before the watch saw it run
             return fetch(self._log_file(ended.attempt))
         return follower.collect(ended.end, fetch, wait=ended.reason != res.STOPPED)
 
@@ -211,12 +215,14 @@ class ClusterExecutor:
         follower = podlog.Follower(self.api, f"{self.pods_path}/{live.pod}/log", jobs.CONTAINER,
                                    self._log_file(live.attempt))
         follower.pod = live.pod
-        self._followers[live.attempt.task.name] = follower
+        self._followers[follower.target.name] = follower
         follower.start()
 
     def discard(self, ended: Ended) -> None:
-        """Delete the attempt's Job (its pod goes with it), once its log and result are written."""
-        name = ended.attempt.task.name
+        """Have a worker delete the attempt's Job (its pod goes with it); its log and result are written."""
+        self._pool.submit(self._delete, ended.attempt.task.name)
+
+    def _delete(self, name: str) -> None:
         try:
             clusterio.delete(self, name)
         finally:
@@ -243,6 +249,8 @@ class ClusterExecutor:
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop the watches and wait (at most ``timeout`` seconds) for the Job deletions still in flight."""
         self.stopping.set()
+        for follower in list(self._followers.values()):
+            follower.stop()
         pending = [f for f in self._deleting.values() if not f.done()]
         concurrent.futures.wait(pending, timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -293,7 +301,7 @@ class ClusterExecutor:
         state.slots = jobs.slots(info, self._wanted, state.others)
         if was_usable and not info.usable:
             _log.info("tasks: node %s is %s; no new tasks go there", info.name, info.why)
-        if not info.why.startswith("not Ready"):
+        if info.ready:
             return
         for live in list(self._live.values()):
             if (live.pod_node or live.node) == info.name and not live.finishing:
@@ -313,8 +321,8 @@ class ClusterExecutor:
         live.pod = kube.name(pod)
         live.pod_node = (pod.get("spec") or {}).get("nodeName") or live.pod_node
         live.started = live.started or jobs.started_at(pod)
-        if live.started is not None and live.attempt.task.name not in self._followers:
-            self._follow_log(live)
+        if live.started is not None and live.running_since is None:
+            live.running_since = time.monotonic()
         end = jobs.pod_end(pod)
         if end is None and event != "DELETED":
             stuck = jobs.cannot_start(pod)
@@ -354,22 +362,31 @@ class ClusterExecutor:
         """An attempt's pod or Job disappeared before it ended: NodeLost when its node is gone, else Evicted."""
         node = live.pod_node or live.node
         state = self._nodes.get(node)
-        if state is None or state.info.why.startswith("not Ready"):
+        if state is None or not state.info.ready:
             self._finish(live, PodEnd(res.NODE_LOST, None, f"{why}; node {node} is gone", live.started, None))
         else:
             self._finish(live, PodEnd(res.EVICTED, None, why, live.started, None))
 
-    def _check_jobs_without_pods(self) -> None:
-        """Finish attempts whose Job ended but whose pod's end the watch did not show (looked up directly)."""
+    def _look_after(self) -> None:
+        """Follow the logs of attempts that run for a while; finish those whose Job ended without a pod end.
+
+        A log is followed only once its container has run for FOLLOW_AFTER seconds: a shorter attempt's log
+        is fetched once when it ended, which spares a stream and a thread for each of many short tasks.
+        """
         now = time.monotonic()
         for live in list(self._live.values()):
-            if live.job_ended is not None and not live.finishing and now - live.job_ended > JOB_END_GRACE:
+            if live.finishing:
+                continue
+            if live.job_ended is not None and now - live.job_ended > JOB_END_GRACE:
                 self._finish(live, None)
+            elif not live.followed and live.running_since is not None and now - live.running_since >= FOLLOW_AFTER:
+                live.followed = True
+                self._follow_log(live)
 
     # -- workers -------------------------------------------------------------------------------------------
 
     def _finish(self, live: Live, end: PodEnd | None) -> None:
-        """Hand the attempt to a worker that fetches its log and reports it ended."""
+        """Hand the attempt to a worker that works out how it ended (asking the API if need be) and reports it."""
         live.finishing = True
         self._pool.submit(self._report, live, end)
 
@@ -380,9 +397,6 @@ class ClusterExecutor:
         failure = clusterio.create(self, live, self._deleting.get(live.attempt.task.name), _CREATE_RETRY)
         if failure is not None:
             self._inbox.put(("ended", "", failure))
-
-    def _delete(self, name: str) -> None:
-        clusterio.delete(self, name)
 
     def environment(self, attempt: Attempt) -> dict[str, str]:
         """Return the variables of an attempt's container."""

@@ -181,6 +181,7 @@ class NodeInfo:
     why: str
     allocatable: dict[str, Decimal] = field(default_factory=dict)
     virtual: bool = False
+    ready: bool = True  # False: NotReady or Unknown, its pods count as lost
 
 
 def node_info(node: Mapping[str, Any]) -> NodeInfo:
@@ -205,7 +206,7 @@ def node_info(node: Mapping[str, Any]) -> NodeInfo:
             if taint.get("effect") in ("NoSchedule", "NoExecute") and taint.get("key") not in TOLERATED:
                 why = f"tainted {taint.get('key')}:{taint.get('effect')}"
                 break
-    return NodeInfo(name, not why, why, allocatable, virtual)
+    return NodeInfo(name, not why, why, allocatable, virtual, ready.get("status") == "True")
 
 
 def requests_of(resources: Mapping[str, str]) -> dict[str, Decimal]:

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ksi import log
 from ksi.tasks import kube
+
+_log = log.get(__name__)
 
 LOG_TIMEOUT = (5, 60)  # connect, read: a one-shot log of a lost node's pod may not come at all
 FOLLOW_TIMEOUT = (5, None)  # a followed log may stay silent for hours
@@ -95,6 +98,8 @@ class Follower(threading.Thread):
         whole = self.ended_at is not None and (ended_at is None or self.ended_at >= ended_at - EARLY)
         if whole:
             return self.target, ""
+        _log.debug("log of %s: the stream %s (%s); fetching it once", self.pod,
+                   "is still open" if self.ended_at is None else "ended early", self.problem or "no error")
         self.stop()
         self.join(1.0)
         fallback = self.target.with_name(self.target.name + ".once")

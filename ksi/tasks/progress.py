@@ -61,9 +61,13 @@ class Progress:
         self._first_done = counts["done"] + counts["failed"]
         self._show(counts)
 
+    def due(self) -> bool:
+        """True when the last line is older than the interval (counting tasks costs time: ask first)."""
+        return self.clock() - self._last_shown >= self.interval
+
     def update(self, counts: Mapping[str, int]) -> None:
         """Show ``counts`` if the last line is older than the interval."""
-        if self.clock() - self._last_shown >= self.interval:
+        if self.due():
             self._show(counts)
 
     def note(self, text: str) -> None:

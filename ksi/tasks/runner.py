@@ -180,7 +180,8 @@ class Runner:
             for ended in self.executor.wait(_TICK):
                 if self._ended(ended):
                     pending.appendleft(ended.attempt.task)
-            self.progress.update(self._counts(len(pending)))
+            if self.progress.due():
+                self.progress.update(self._counts(len(pending)))
         until = None
         if stopped_by is not None:
             until = time.monotonic() + self.stop_budget
