@@ -26,8 +26,7 @@ from ksi.errors import KsiError, UsageError
 from ksi.tasks import clusterio, jobs, kube, podlog
 from ksi.tasks import results as res
 from ksi.tasks.jobs import NodeInfo, PodEnd
-from ksi.tasks.local import task_environment
-from ksi.tasks.runner import Attempt, Ended
+from ksi.tasks.runner import Attempt, Ended, task_environment
 from ksi.tasks.spec import Spec
 
 _log = log.get(__name__)

@@ -21,20 +21,11 @@ from pathlib import Path
 from ksi import log
 from ksi.tasks import results as res
 from ksi.tasks.quantity import parse_quantity
-from ksi.tasks.runner import Attempt, Ended
+from ksi.tasks.runner import Attempt, Ended, task_environment
 from ksi.tasks.spec import Spec
 
 _log = log.get(__name__)
 UNLIMITED = 1 << 30
-
-
-def task_environment(base: Mapping[str, str], spec: Spec, attempt: Attempt) -> dict[str, str]:
-    """Return the variables ksi sets in every task, plus the SPEC's ``env`` over ``base``."""
-    env = dict(base)
-    env.update(attempt.command.env)
-    env.update({"KSI_EXPERIMENT": spec.name, "KSI_TASK": attempt.task.name,
-                "KSI_TASK_INDEX": str(attempt.task.index), "KSI_TASK_ATTEMPT": str(attempt.number)})
-    return env
 
 
 def host_capacity(spec: Spec, cpus: int | None = None, memory: int | None = None) -> tuple[int, str]:

@@ -54,6 +54,15 @@ class Ended:
     ref: str | None = None  # what ran the attempt, in the executor's terms (the pod)
 
 
+def task_environment(base: Mapping[str, str], spec: Spec, attempt: Attempt) -> dict[str, str]:
+    """Return the variables ksi sets in every task, plus the SPEC's ``env`` over ``base``."""
+    env = dict(base)
+    env.update(attempt.command.env)
+    env.update({"KSI_EXPERIMENT": spec.name, "KSI_TASK": attempt.task.name,
+                "KSI_TASK_INDEX": str(attempt.task.index), "KSI_TASK_ATTEMPT": str(attempt.number)})
+    return env
+
+
 class Executor(Protocol):
     """Starts attempts and reports their ends; implemented for the cluster (Jobs) and for local processes."""
 
