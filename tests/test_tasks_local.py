@@ -187,7 +187,7 @@ def test_timeout_ends_an_attempt_as_deadline_exceeded(tasks: Tasks) -> None:
     done = tasks.run("run", spec, "--local")
     assert done.returncode == 1
     result = tasks.result("slow", "slow-0")
-    assert (result["reason"], result["state"]) == ("DeadlineExceeded", "failed")
+    assert (result["reason"], result["state"], result["exit_code"]) == ("DeadlineExceeded", "failed", None)
     assert (tasks.results("slow") / "tasks" / "slow-0" / "log.txt").read_text() == "started\n"
 
 

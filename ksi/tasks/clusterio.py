@@ -74,8 +74,7 @@ def report(executor: ClusterExecutor, live: Live, end: PodEnd | None) -> Ended:
     if reason in res.FAILURES and executor.spec.timeout is not None and not live.deadline and _deadline(
             executor, attempt.task.name):
         reason, message = res.DEADLINE, f"ran longer than the timeout of {executor.spec.timeout} s"
-    exit_code = end.exit_code if reason != res.STOPPED else None
-    return Ended(attempt, reason, exit_code, live.pod_node or live.node, end.start or live.started,
+    return Ended(attempt, reason, end.exit_code, live.pod_node or live.node, end.start or live.started,
                  end.end or time.time(), None, message, ref=live.pod)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,8 @@ class Runner:
 
     def _ended(self, ended: Ended) -> bool:
         """Free the attempt's slot, hand it to a recorder; return True when the task gets another attempt."""
+        if ended.reason in (res.STOPPED, res.DEADLINE) and ended.exit_code is not None:
+            ended = dataclasses.replace(ended, exit_code=None)  # killed: the task did not choose that status
         attempt = ended.attempt
         task = attempt.task
         self._running.pop(task.name, None)
