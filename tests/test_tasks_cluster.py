@@ -116,6 +116,15 @@ def test_bad_spec_refused_before_any_cluster_with_every_problem(ksi: KsiRunner, 
     simhost.assert_clean()
 
 
+def test_options_after_the_double_dash_are_checked_before_any_cluster(ksi: KsiRunner, simhost: SimHost) -> None:
+    spec = write_spec(ksi, "name: x\nimage: i\ncommand: 'true'\ntasks: {seq: 1}\n")
+    for extra, fragment in ((["--bogus"], "has no option --bogus"), (["--local"], "--local needs no cluster")):
+        refused = ksi.run("run", "--tasks", str(spec), str(ksi.shared), "--", *extra)
+        assert refused.returncode == 2 and fragment in refused.stderr, refused.stderr
+    assert not (ksi.shared / "ksi-runs").exists()
+    simhost.assert_clean()
+
+
 def test_interrupted_run_records_interrupted_and_the_next_run_finishes_the_rest(ksi: KsiRunner) -> None:
     body = """
 name: stop

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -43,7 +44,10 @@ def as_workload(spec_text: str, shared_dir: str, extra: list[str]) -> tuple[str,
     """
     parser = argparse.ArgumentParser(prog="ksi run --tasks SPEC --", add_help=False)
     add_parser(parser.add_subparsers(dest="command"))  # the options of `ksi tasks run`, as given after --
-    args, _ = parser.parse_known_args(["tasks", "run", spec_text, *extra])
+    args, unknown = parser.parse_known_args(["tasks", "run", spec_text, *extra])
+    if unknown:
+        raise UsageError(f"`ksi tasks run` has no option {' '.join(unknown)} (given after --)", step="tasks",
+                         fix="give only --results DIR, --rerun-failed, --force or -v after --")
     if args.dry_run or args.local:
         raise UsageError(f"--{'dry-run' if args.dry_run else 'local'} needs no cluster", step="tasks",
                          fix=f"run `ksi tasks run {spec_text} --{'dry-run' if args.dry_run else 'local'}` instead")
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
     results.create()
     stop = StopFlag()
     with stop.installed(), res.ResultsLock(results_dir):
+        results.clear_partial()
         results.write_manifest(spec.name, spec.path, [
             {"task": t.name, "index": t.index, "params": t.param_dict, "command": list(renderer.command(t).argv)}
             for t in tasks])
@@ -133,6 +138,8 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
             close = getattr(executor, "close", None)
             if close is not None:  # a stopped run leaves its last Jobs to the cluster's teardown
                 close(1.0 if stop.signum is not None else 20.0)
+        with contextlib.suppress(OSError):  # empty unless a stop cut an attempt's output short
+            results.partial_dir.rmdir()
         counts = {state: list(outcome.states.values()).count(state)
                   for state in (res.SUCCEEDED, res.FAILED, res.INTERRUPTED, res.PENDING)}
         results.write_summary({

@@ -14,6 +14,7 @@ A task's log is written before its result, so a result always has its log. A tas
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -100,6 +101,13 @@ class Results:
         except OSError as exc:
             raise UsageError(f"cannot create the results directory {self.path}: {exc.strerror}", step="results",
                              fix="give a writable directory with --results or the SPEC's results:") from None
+
+    def clear_partial(self) -> None:
+        """Remove the output of attempts that a killed earlier run left in ``.partial`` (call holding the lock)."""
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.partial_dir):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     def task_dir(self, name: str) -> Path:
         """Return ``tasks/<name>``."""
