@@ -63,3 +63,28 @@ def test_table_of_failed_tasks() -> None:
     assert rows == ["TASK             REASON    EXIT  ATTEMPTS  NODE  LOG",
                     "sweep-c          Error     1     1         n2    /r/tasks/sweep-c/log.txt",
                     "sweep-long-name  NodeLost  -     3         -     /r/tasks/sweep-long-name/log.txt"]
+
+
+def test_a_log_line_clears_the_progress_line_first() -> None:
+    import logging
+
+    from ksi import log
+
+    out, clock = io.StringIO(), Clock()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger(log.ROOT)
+    logger.addHandler(handler)
+    try:
+        progress = Progress(out, "p: ", terminal=True, clock=clock)
+        progress.begin(counts(0, 2, 0, 8))
+        log.get("ksi.tasks.test").warning("node n2 is not Ready")
+        progress.update(counts(1, 2, 0, 7))  # redrawn at once after the log line
+        progress.finish(counts(10, 0, 0, 0))
+        log.get("ksi.tasks.test").warning("after the run")
+    finally:
+        logger.removeHandler(handler)
+    assert out.getvalue() == ("\r\x1b[Kp: 0/10 done, 2 running, 0 failed, 8 pending; 0s elapsed"
+                              "\r\x1b[Knode n2 is not Ready\n"
+                              "\r\x1b[Kp: 1/10 done, 2 running, 0 failed, 7 pending; 0s elapsed"
+                              "\r\x1b[Kp: 10/10 done, 0 running, 0 failed, 0 pending; 0s elapsed\n"
+                              "after the run\n")

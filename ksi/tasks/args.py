@@ -27,6 +27,9 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--force", action="store_true", help="run every task again, even those that succeeded")
     run.add_argument("--dry-run", action="store_true", help="print the tasks (name and command); create nothing")
     run.add_argument("--local", action="store_true", help="run the tasks as local processes (image ignored)")
+    run.add_argument("--progress", choices=("auto", "terminal", "lines"), default="auto",
+                     help="one line redrawn in place (terminal) or a line every 30 s (lines); default: terminal "
+                     "when stderr is one (ksi run --tasks passes on whether its own stderr is)")
     run.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
     status = verbs.add_parser(
         "status", help="report on a results directory (offline, without a cluster)",

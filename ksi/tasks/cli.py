@@ -52,6 +52,8 @@ def as_workload(spec_text: str, shared_dir: str, extra: list[str]) -> tuple[str,
         raise UsageError(f"--{'dry-run' if args.dry_run else 'local'} needs no cluster", step="tasks",
                          fix=f"run `ksi tasks run {spec_text} --{'dry-run' if args.dry_run else 'local'}` instead")
     spec, _, _, _ = load(spec_text, Path(shared_dir).expanduser().absolute(), args.results)
+    if args.progress == "auto":  # the workload's output reaches this terminal through ksi run's pipe
+        extra = [*extra, "--progress", "terminal" if sys.stderr.isatty() else "lines"]
     return sys.executable, ["-P", "-m", "ksi", "tasks", "run", str(spec.path), *extra]
 
 
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace, node: str, environ: Mapping[str, str]) -> int:
                   "results in %s", spec.name, describe(tasks), len(chosen.to_run), chosen.done,
                   len(chosen.failed_kept), "; --rerun-failed runs them" if chosen.failed_kept else "", parallelism,
                   "" if spec.parallelism else f" ({why})", where, results_dir)
-        progress = Progress(sys.stderr, f"ksi[{node}] tasks: ", terminal=sys.stderr.isatty())
+        terminal = sys.stderr.isatty() if args.progress == "auto" else args.progress == "terminal"
+        progress = Progress(sys.stderr, f"ksi[{node}] tasks: ", terminal=terminal)
         runner = Runner(spec, tasks, renderer, executor, results, previous, progress, parallelism,
                         stop, stop_budget)
         try:

@@ -6,15 +6,29 @@ the time left (from the pace of this run). A failed task gets a line of its own,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from ksi import log
 from ksi.tasks.quantity import format_duration
 
 TERMINAL_INTERVAL = 0.5  # seconds between redraws of the updating line
 PLAIN_INTERVAL = 30.0  # seconds between plain lines (batch output files)
 _CLEAR = "\r\x1b[K"
+
+
+class _ClearLine(logging.Filter):
+    """Clears the progress line before a log line is printed on the same terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.clear()
+        return True
 
 
 class Progress:
@@ -31,6 +45,20 @@ class Progress:
         self._last_shown = float("-inf")
         self._first_done: int | None = None
         self._drawn = False
+        self._filter = _ClearLine(self)
+
+    def _console_handlers(self) -> list[logging.Handler]:
+        """Return ksi's log handlers that write to this progress line's stream."""
+        return [h for h in logging.getLogger(log.ROOT).handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is self.stream]
+
+    def clear(self) -> None:
+        """Erase the progress line (a log line is about to be printed); the next update draws it again."""
+        if self.terminal and self._drawn:
+            self.stream.write(_CLEAR)
+            self.stream.flush()
+            self._drawn = False
+            self._last_shown = float("-inf")
 
     def line(self, counts: Mapping[str, int]) -> str:
         """Return the progress line for ``counts`` (total, done, running, failed, pending)."""
@@ -59,6 +87,9 @@ class Progress:
         """Show the first line (and remember what was done before this run, for the estimate)."""
         self.started = self.clock()
         self._first_done = counts["done"] + counts["failed"]
+        if self.terminal:
+            for handler in self._console_handlers():
+                handler.addFilter(self._filter)
         self._show(counts)
 
     def due(self) -> bool:
@@ -72,12 +103,9 @@ class Progress:
 
     def note(self, text: str) -> None:
         """Print one line of its own (a failed task), above the updating line on a terminal."""
-        if self.terminal and self._drawn:
-            self.stream.write(_CLEAR)
-            self._drawn = False
+        self.clear()
         self.stream.write(f"{self.prefix}{text}\n")
         self.stream.flush()
-        self._last_shown = float("-inf") if self.terminal else self._last_shown
 
     def finish(self, counts: Mapping[str, int]) -> None:
         """Show the final counts and end the updating line."""
@@ -86,6 +114,8 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+            for handler in self._console_handlers():
+                handler.removeFilter(self._filter)
 
 
 def summary_table(failed: Sequence[Mapping[str, Any]]) -> list[str]:
