@@ -47,7 +47,7 @@ def as_workload(spec_text: str, shared_dir: str, extra: list[str]) -> tuple[str,
     args, unknown = parser.parse_known_args(["tasks", "run", spec_text, *extra])
     if unknown:
         raise UsageError(f"`ksi tasks run` has no option {' '.join(unknown)} (given after --)", step="tasks",
-                         fix="give only --results DIR, --rerun-failed, --force or -v after --")
+                         fix="give only --results DIR, --rerun-failed, --force, --progress or -v after --")
     if args.dry_run or args.local:
         raise UsageError(f"--{'dry-run' if args.dry_run else 'local'} needs no cluster", step="tasks",
                          fix=f"run `ksi tasks run {spec_text} --{'dry-run' if args.dry_run else 'local'}` instead")
