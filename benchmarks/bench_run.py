@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -132,4 +133,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.umask(0o022)
+    # A stopped benchmark still runs its finally blocks: no simulated cluster or cache outlives it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
