@@ -36,7 +36,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # benchmarks/ and tests/ from the tree; ksi is the installed package
+
+from benchmarks import require_installed_ksi  # noqa: E402
+
+require_installed_ksi()
 
 from tests.simhost.plugin import SimHost  # noqa: E402
 from tests.testbed.plugin import SlurmBed, bring_up, cached_instance  # noqa: E402
@@ -71,7 +75,7 @@ def one_run(bed: SlurmBed, base: Path, faults: str) -> tuple[subprocess.Complete
     workload.write_text(WORKLOAD)
     workload.chmod(0o755)
     env = host.env(bed.env(), KSI_STATE_DIR=str(bed.private_dir / f"bench-{shared.name}"), KSI_SYSTEMD_SCOPE="never",
-                   KSI_SIM_FAULTS=faults, KSI_BENCH_MARK=str(shared / "mark"), PYTHONPATH=str(REPO))
+                   KSI_SIM_FAULTS=faults, KSI_BENCH_MARK=str(shared / "mark"))
     try:
         started = time.time()
         result = subprocess.run(["srun", "-N3", "--ntasks-per-node=1", sys.executable, "-m", "ksi", "run",

@@ -19,7 +19,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # benchmarks/ and tests/ from the tree; ksi is the installed package
+
+from benchmarks import require_installed_ksi  # noqa: E402
+
+require_installed_ksi()
 
 from benchmarks import bed, local  # noqa: E402
 from benchmarks.common import LATENCIES, median, modelled_steps, table  # noqa: E402

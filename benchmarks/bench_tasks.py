@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # benchmarks/ and tests/ from the tree; ksi is the installed package
+
+from benchmarks import require_installed_ksi  # noqa: E402
+
+require_installed_ksi()
 
 from tests.simhost.plugin import SimHost  # noqa: E402
 
@@ -145,7 +149,7 @@ def measure(count: int, parallelism: int) -> dict[str, float]:
     kubeconfig = base / "kubeconfig"
     config = base / "kind.yaml"
     config.write_text(KIND_CONFIG.format(shared=json.dumps(str(shared))))
-    env = host.env(PYTHONPATH=str(REPO), KUBECONFIG=str(kubeconfig))
+    env = host.env(KUBECONFIG=str(kubeconfig))
     env.pop("KSI_RUN_DIR", None)
     try:
         subprocess.run(["kind", "create", "cluster", "--name", "bench", "--kubeconfig", str(kubeconfig),
