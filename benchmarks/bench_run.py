@@ -40,7 +40,7 @@ def _s(seconds: float) -> str:
 
 def local_report(found: local.Local, missed: list[str]) -> tuple[str, dict[str, object]]:
     """Return the one-node table and figures; add missed targets to ``missed``."""
-    overhead = found.overhead()
+    overhead, overhead_fast = found.overhead(), found.overhead(fast=True)
     rss = max(u.rss_mb for u in found.used)
     cpu = median([u.cpu_s for u in found.used])
     if overhead > local.TARGET_OVERHEAD:
@@ -48,19 +48,21 @@ def local_report(found: local.Local, missed: list[str]) -> tuple[str, dict[str, 
     if rss >= TARGET_RSS_MB:
         missed.append(f"one node without Slurm: peak RSS {rss:.0f} MB >= {TARGET_RSS_MB:.0f} MB")
     rows = [
-        ["start to workload, tools taking no time", _s(median(found.to_workload_no_latency)), "",
-         _s(local.PROTOTYPE["no latency"])],
-        ["start to workload, create 3 s", _s(median(found.to_workload)), "",
-         _s(local.PROTOTYPE["create 3 s"])],
-        ["the tools' own time on that path", _s(median(found.tools)), "", ""],
-        ["ksi's overhead beyond the tools' own time", _s(overhead), f"<= {_s(local.TARGET_OVERHEAD)}", ""],
-        ["peak RSS of ksi (largest)", f"{rss:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB", ""],
-        ["CPU time of the ksi process", _s(cpu), "", ""],
+        ["start to workload", _s(median(found.to_workload)), _s(median(found.to_workload_fast)), "", ""],
+        ["the same tool calls without ksi (a shell, ksi's arrangement)", _s(median(found.tools)),
+         _s(median(found.tools_fast)), "", ""],
+        ["ksi's overhead beyond the tools' own time", _s(overhead), _s(overhead_fast),
+         f"<= {_s(local.TARGET_OVERHEAD)}", _s(local.PROTOTYPE_OVERHEAD)],
+        ["peak RSS of ksi (largest)", f"{rss:.0f} MB", "", f"< {TARGET_RSS_MB:.0f} MB", ""],
+        ["CPU time of the ksi process (whole run)", _s(cpu), "", "", ""],
     ]
-    figures: dict[str, object] = {"to_workload_s": median(found.to_workload), "to_workload_no_latency_s":
-               median(found.to_workload_no_latency), "tools_s": median(found.tools), "overhead_s": overhead,
-               "peak_rss_mb": round(rss, 1), "cpu_s": cpu}
-    return table(["one node, no Slurm (median)", "ksi", "target", "bash prototype"], rows), figures
+    figures: dict[str, object] = {
+        "to_workload_s": median(found.to_workload), "tools_s": median(found.tools), "overhead_s": overhead,
+        "to_workload_no_latency_s": median(found.to_workload_fast), "tools_no_latency_s": median(found.tools_fast),
+        "overhead_no_latency_s": overhead_fast, "peak_rss_mb": round(rss, 1), "cpu_s": cpu}
+    header = ["one node, no Slurm (median)", "create 3 s, delete 1 s", "no latencies", "target",
+              "bash prototype"]
+    return table(header, rows), figures
 
 
 def bed_report(figures: list[bed.Figures], missed: list[str]) -> tuple[str, dict[str, object]]:
