@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksi import log
+from ksi import log, yamlio
 from ksi.errors import KsiError
 from ksi.host.poll import poll
 
@@ -69,7 +69,6 @@ class ClusterApi:
         self._client: Any = None
 
     def _open(self) -> Any:
-        import yaml
         from kubernetes.client.api_client import ApiClient
         from kubernetes.client.configuration import Configuration
         from kubernetes.config.kube_config import load_kube_config_from_dict
@@ -78,7 +77,7 @@ class ClusterApi:
         configuration = Configuration()
         configuration.connection_pool_maxsize = 1
         load_kube_config_from_dict(  # type: ignore[no-untyped-call]
-            yaml.safe_load(self.kubeconfig.read_text(encoding="utf-8")),
+            yamlio.load(self.kubeconfig.read_text(encoding="utf-8")),
             context=self.context, client_configuration=configuration, persist_config=False,
             temp_file_path=str(self._files))
         return ApiClient(configuration)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ksi import yamlio
 from ksi.errors import KsiError
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATE = "kind-config.yaml.j2"
 
@@ -29,14 +34,20 @@ def _yaml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
-def render(config: KindConfig) -> str:
-    """Return the kind config YAML for ``config``; raise KsiError if the result does not say what it should."""
+@functools.cache
+def template() -> jinja2.Template:
+    """Load and compile the packaged template, once per process (a run warms it while it waits for kind)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("ksi.templates", "."), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)  # noqa: S701 - YAML, not HTML
     env.filters["yaml_str"] = _yaml_str
-    text = env.get_template(TEMPLATE).render(
+    return env.get_template(TEMPLATE)
+
+
+def render(config: KindConfig) -> str:
+    """Return the kind config YAML for ``config``; raise KsiError if the result does not say what it should."""
+    text = template().render(
         cluster_name=config.cluster_name,
         shared_dir=str(config.shared_dir),
         port=config.port,
@@ -53,9 +64,7 @@ def render(config: KindConfig) -> str:
 
 def parse(text: str) -> dict[str, Any]:
     """Parse a kind config YAML document into a dict."""
-    import yaml
-
-    data = yaml.safe_load(text)
+    data = yamlio.load(text)
     if not isinstance(data, dict):
         raise KsiError("kind config is not a YAML mapping", step="config")
     return data

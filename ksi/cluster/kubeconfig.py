@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ksi import yamlio
 from ksi.errors import KsiError
 from ksi.host.state import write_atomic
 
@@ -49,9 +50,7 @@ def server(config: dict[str, Any], context: str) -> str:
 
 def write_cluster_kubeconfig(path: Path, cluster: str) -> str:
     """Add a context named ``cluster`` to kind's kubeconfig at ``path`` (atomically, 0600); return the API URL."""
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = yamlio.load(path.read_text(encoding="utf-8")) or {}
     updated = add_cluster_context(data, cluster)
-    write_atomic(path, yaml.safe_dump(updated, default_flow_style=False))
+    write_atomic(path, yamlio.dump(updated))
     return server(updated, cluster)

@@ -3,7 +3,8 @@
 The start of a run is mostly waiting: for ``kind version``, for the stale-cluster listing, for kind
 itself. The libraries a run needs (plumbum for its first command, then filelock for the node locks, jinja2
 and PyYAML for the kind config and the kubeconfig: about 0.2 s of CPU) are imported from the start of the
-run, in the order they are needed, so most of it happens while the first commands run.
+run, in the order they are needed, and the kind config template compiled, so most of it happens while the
+first commands run.
 The kubernetes client (0.25 s, a second on a cold node) is imported while kind creates the cluster, and
 only where the token is issued: earlier, it would compete with the checks, which on the leader of a
 multi-node run hold up every node.
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from ksi import log
+from ksi.cluster import kindconfig
 from ksi.cluster.api import load_client
 
 _log = log.get(__name__)
@@ -26,7 +28,7 @@ def _start(name: str, load: Callable[[], None]) -> threading.Thread:
     def run() -> None:
         try:
             load()
-        except ImportError as exc:  # the run's own import reports it where it is needed
+        except Exception as exc:  # the run's own call reports it where it is needed
             _log.debug("%s: %s", name, exc)
 
     thread = threading.Thread(target=run, daemon=True, name=name)
@@ -37,10 +39,11 @@ def _start(name: str, load: Callable[[], None]) -> threading.Thread:
 def _import_libraries() -> None:
     for name in LIBRARIES:
         importlib.import_module(name)
+    kindconfig.template()  # compiled now rather than between the stale-cluster listing and kind create
 
 
 def libraries() -> threading.Thread:
-    """Start importing plumbum, filelock, PyYAML and jinja2; return the thread."""
+    """Start importing plumbum, filelock, PyYAML and jinja2, then compiling the kind template; return the thread."""
     return _start("import-libraries", _import_libraries)
 
 
