@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 import threading
@@ -43,7 +42,29 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-_buffer: logging.handlers.MemoryHandler | None = None
+class _Buffer(logging.Handler):
+    """Keeps every record until the run directory (and with it the log file) exists.
+
+    A handler of its own rather than logging.handlers.MemoryHandler, whose module (sockets, pickle, queues)
+    would cost ksi's start 10 ms.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def replay(self, handler: logging.Handler) -> None:
+        """Hand every record kept so far to ``handler``."""
+        for record in self.records:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        self.records.clear()
+
+
+_buffer: _Buffer | None = None
 _file: logging.FileHandler | None = None
 _FILE_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s [%(process)d] %(message)s"
 
@@ -60,10 +81,7 @@ def setup(node: str, *, verbose: bool = False) -> None:
     console.setFormatter(logging.Formatter(f"ksi[{node}] %(message)s"))
     console.addFilter(_RedactingFilter())
     logger.addHandler(console)
-    # Keeps every record until the run directory (and with it the log file) exists: a MemoryHandler
-    # without a target keeps its whole buffer; attach_file gives it the file as target and flushes.
-    _buffer = logging.handlers.MemoryHandler(capacity=sys.maxsize, target=None)
-    _buffer.setLevel(logging.DEBUG)
+    _buffer = _Buffer()
     _buffer.addFilter(_RedactingFilter())
     logger.addHandler(_buffer)
 
@@ -79,9 +97,8 @@ def attach_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter(_FILE_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(_RedactingFilter())
     if _buffer is not None:
-        _buffer.setTarget(handler)
-        _buffer.flush()
         logger.removeHandler(_buffer)
+        _buffer.replay(handler)
         _buffer.close()
         _buffer = None
     logger.addHandler(handler)
