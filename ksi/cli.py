@@ -162,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, node: str) -> int:
+    from ksi.launch import warm
+
+    warm.libraries()  # first of all: the checks' first command needs plumbum, imported meanwhile
     from ksi.launch import multinode
     from ksi.launch.lifecycle import RunOptions
     from ksi.launch.run import run

@@ -113,7 +113,6 @@ class Up:
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run this rank's part of a multi-node run; return the workload's status (on every rank)."""
     phases = Phases()
-    warm.libraries()
     with phases.phase("checks"):
         check_layout(slurm, environ)
         settings, problems = settings_mod.load(environ, opts.overrides)

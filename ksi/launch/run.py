@@ -25,7 +25,6 @@ _log = log.get(__name__)
 def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, environ: Mapping[str, str]) -> int:
     """Run the workload against a fresh cluster on this node and tear everything down; return the status."""
     phases = Phases()
-    warm.libraries()
     with phases.phase("checks"):
         if slurm.ntasks > 1:
             raise UsageError(f"this step runs {slurm.ntasks} tasks on one node; ksi needs exactly one task per "
