@@ -128,6 +128,10 @@ def check_cache(directory: Path, node_image: str, liqo_version: Callable[[], str
     found = read_cache(directory)
     if isinstance(found, Problem):
         return None, [found]
+    try:  # looked up while liqoctl's checks, which the Liqo entries wait for, still run
+        digests: list[str] | KsiError = nerdctl.image_digests(node_image) or []
+    except KsiError as exc:
+        digests = exc
     version = liqo_version() if liqo_version is not None else None
     if liqo_version is not None and version is None:
         return None, []  # liqoctl's own check says what is wrong
@@ -140,13 +144,12 @@ def check_cache(directory: Path, node_image: str, liqo_version: Callable[[], str
                  for line in check_files(directory, needs.entries, state_dir / STAMPS)]
     if problems:
         return None, problems
-    node = next(e for e in needs.entries if e.purpose == NODE)
-    try:
-        present = node.digest in (nerdctl.image_digests(node_image) or [])
-    except KsiError as exc:
-        return None, [Problem(EXIT_PREREQUISITE, f"cannot list this node's images: {exc.message}",
+    if isinstance(digests, KsiError):
+        return None, [Problem(EXIT_PREREQUISITE, f"cannot list this node's images: {digests.message}",
                               "check rootless containerd and nerdctl (`ksi doctor`)", "images")]
-    supply = Supply(directory, node, not present, next((e for e in needs.entries if e.purpose == LIQO_CHART), None),
+    node = next(e for e in needs.entries if e.purpose == NODE)
+    supply = Supply(directory, node, node.digest not in digests,
+                    next((e for e in needs.entries if e.purpose == LIQO_CHART), None),
                     tuple(e for e in needs.entries if e.purpose == LIQO),
                     tuple(e for e in needs.entries if e.purpose == WORKLOAD))
     _log.info("checks: image cache %s verified: the kind node image (%s), %s%d workload image(s)", directory,
