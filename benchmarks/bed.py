@@ -28,8 +28,8 @@ TIMEOUT = 300.0
 
 # The tool calls of one node of `ksi run --image-cache`, in ksi's order and with its parallelism (the checks
 # side by side; loading the node image beside the stale-cluster listing; Liqo's images, then Liqo; the
-# leader peers every node at once once all are ready), writing $BENCH_DIR/tools-ready when the workload
-# could start; then each node deletes its cluster.
+# leader peers every node at once once all are ready, then offloads the namespace default), writing
+# $BENCH_DIR/tools-ready when the workload could start; then each node deletes its cluster.
 TOOLS_SCRIPT = r"""
 set -e
 cd "$BENCH_DIR"
@@ -68,6 +68,10 @@ if [ "$rank" = 0 ]; then
         i=$((i + 1))
     done
     wait
+    if [ "$size" -gt 1 ]; then
+        liqoctl offload namespace default --kubeconfig "$kc" --context "kind-$name" \
+            --namespace-mapping-strategy DefaultName --pod-offloading-strategy LocalAndRemote --timeout 600s >/dev/null
+    fi
     date +%s.%N > tools-ready
 else
     while [ ! -e tools-ready ]; do sleep 0.05; done
