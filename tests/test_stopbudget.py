@@ -17,10 +17,11 @@ import pytest
 
 from ksi import settings as settings_mod
 from ksi.cluster import stopping
+from ksi.cluster.node import reserve_port
 from ksi.cluster.stopping import Stopping
 from ksi.cluster.teardown import Teardown
 from ksi.errors import Interrupted
-from ksi.host import stopbudget
+from ksi.host import ports, stopbudget
 from ksi.host.signals import SignalGuard
 from ksi.host.slurm import context
 from ksi.host.stopbudget import EndSignal, StopBudget, plan
@@ -178,6 +179,25 @@ def test_teardown_time_left_is_bounded_by_the_deadline() -> None:
     assert 4 < teardown.time_left(20) <= 5
     teardown.deadline = lambda: soon - 10
     assert teardown.time_left(20) == 1.0  # a delete always gets a chance
+
+
+def test_a_stop_right_after_a_port_is_reserved_still_releases_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop signal raises wherever ksi is: the release must be registered before the reservation exists."""
+    teardown = Teardown()
+
+    def stopped(*args: object) -> None:
+        raise Interrupted(signal.SIGTERM, "SIGTERM")
+
+    monkeypatch.setattr(ports._log, "debug", stopped)  # the first thing reserve() does once the file is written
+    with pytest.raises(Interrupted):
+        reserve_port(tmp_path, teardown, "ksi-1-abcdef", None)
+    assert [p.name for p in (tmp_path / "ports").iterdir()] != []
+    monkeypatch.undo()
+    reserve_port(tmp_path, Teardown(), "ksi-2-other", None)  # another run's reservation on the node stays
+    assert teardown.run()
+    assert [ports.PortReservations(tmp_path).held()[int(p.name)] for p in (tmp_path / "ports").iterdir()] == [
+        "ksi-2-other"]
 
 
 # --- a run learning its budget -----------------------------------------------------------------------------

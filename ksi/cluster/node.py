@@ -27,11 +27,14 @@ CREATE_LOCK = "kind-create.lock"
 
 
 def reserve_port(state_dir: Path, teardown: Teardown, cluster: str, wanted: int | None, *, udp: bool = False) -> int:
-    """Reserve ``wanted`` (a random free port when None) on this node for ``cluster``, released at teardown."""
+    """Reserve ``wanted`` (a random free port when None) on this node for ``cluster``, released at teardown.
+
+    The release is registered first: a stop signal between the reservation and its registration would
+    otherwise leave the reservation behind.
+    """
     reservations = PortReservations(state_dir)
-    port = reservations.reserve(wanted, cluster, udp=udp)
-    teardown.push(f"release port {port}", reservations.release, port, cluster)
-    return port
+    teardown.push(f"release the ports of {cluster}", reservations.release_cluster, cluster)
+    return reservations.reserve(wanted, cluster, udp=udp)
 
 
 class NodeCluster:
@@ -64,8 +67,8 @@ class NodeCluster:
             kindconfig.KindConfig(self.name, self._shared_dir, port, self.settings.node_image, api_address,
                                   udp_ports),
             self.run_dir / rundir.KIND_CONFIG)
+        self._teardown.push("delete cluster", self._delete)  # before the record: a stop may come between them
         self._registry.add(new_record(self.name, self.job_id, self.run_dir, self.kubeconfig, port, self.node))
-        self._teardown.push("delete cluster", self._delete)
         with node_lock(self.settings.state_dir / CREATE_LOCK, self.settings.lock_timeout, "kind create"):
             self._kind.create(self.name, config, self.kubeconfig, wait=self.settings.kind_wait,
                               timeout=self.settings.create_timeout)

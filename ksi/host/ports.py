@@ -124,6 +124,18 @@ class PortReservations:
                 os.unlink(path)
         _log.debug("released port %d", port)
 
+    def release_cluster(self, cluster: str) -> None:
+        """Drop every reservation ``cluster`` holds (none is fine: it may not have reserved one yet)."""
+        if not self.dir.is_dir():
+            return
+        with node_lock(self._lock, self._timeout, "port reservations"):
+            for path in self.dir.iterdir():
+                record = read_json(path)
+                if path.name.isdigit() and record is not None and record.get("cluster") == cluster:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                    _log.debug("released port %s", path.name)
+
     def held(self) -> dict[int, str]:
         """Return every reservation of this user on this node: port to cluster name (dead owners included)."""
         result: dict[int, str] = {}
