@@ -160,9 +160,7 @@ def _delete(cluster: Cluster, settings: Settings, env: Mapping[str, str], node: 
             with contextlib.suppress(FileNotFoundError):
                 scratch.unlink()
     done = []
-    reservations = PortReservations(settings.state_dir)
-    for port in cluster.ports:
-        reservations.release(port, cluster.name)
+    PortReservations(settings.state_dir).release_cluster(cluster.name)
     if cluster.ports:
         done.append(f"released port {', '.join(map(str, cluster.ports))}")
     run_dir = _owned_dir(cluster.run_dir)

@@ -109,23 +109,12 @@ class PortReservations:
         raise KsiError(f"no free port left in {PORT_MIN}-{PORT_MAX} on this node",
                        fix="remove stale clusters with `ksi cleanup`", step="port")
 
-    def release(self, port: int, cluster: str) -> None:
-        """Drop the reservation of ``port`` if ``cluster`` still holds it.
-
-        Under the lock: otherwise a reserve() could hand the port (a dead owner's) to another cluster
-        between the read and the unlink, and this would delete the new reservation.
-        """
-        path = self.dir / str(port)
-        with node_lock(self._lock, self._timeout, "port reservations"):
-            record = read_json(path)
-            if record is None or record.get("cluster") != cluster:
-                return
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        _log.debug("released port %d", port)
-
     def release_cluster(self, cluster: str) -> None:
-        """Drop every reservation ``cluster`` holds (none is fine: it may not have reserved one yet)."""
+        """Drop every reservation ``cluster`` holds (none is fine: it may not have reserved one yet).
+
+        Under the lock: otherwise a reserve() could hand a port (a dead owner's) to another cluster between
+        the read and the unlink, and this would delete the new reservation.
+        """
         if not self.dir.is_dir():
             return
         with node_lock(self._lock, self._timeout, "port reservations"):
