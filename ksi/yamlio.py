@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def load(text: str) -> Any:
-    """Parse one YAML document with the safe loader (libyaml's when available)."""
+def load(text: str | bytes) -> Any:
+    """Parse one YAML document with the safe loader (libyaml's when available); raise yaml.YAMLError."""
     import yaml
 
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader

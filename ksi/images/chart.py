@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin
 
+from ksi import yamlio
 from ksi.errors import KsiError
 
 DEFAULT_REPO = "https://helm.liqo.io/"  # what liqoctl uses (pkg/liqoctl/install/const.go)
@@ -45,7 +46,7 @@ class Chart:
         if path not in self.files:
             return None
         try:
-            return yaml.safe_load(self.files[path])
+            return yamlio.load(self.files[path])
         except yaml.YAMLError as exc:
             raise KsiError(f"Liqo's chart has a malformed {path}: {exc}", step="images") from None
 
@@ -148,7 +149,7 @@ def download(repo: str, version: str) -> tuple[bytes, str]:
     base = repo if repo.endswith("/") else repo + "/"
     index_url = urljoin(base, "index.yaml")
     try:
-        index = yaml.safe_load(_get(index_url, "the index of Liqo's Helm repository"))
+        index = yamlio.load(_get(index_url, "the index of Liqo's Helm repository"))
     except yaml.YAMLError as exc:
         raise KsiError(f"{index_url} is not a Helm repository index: {exc}", step="images") from None
     entries = (index or {}).get("entries", {}).get(CHART_NAME, []) if isinstance(index, dict) else []

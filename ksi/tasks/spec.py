@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ksi import yamlio
 from ksi.errors import EXIT_USAGE, Problem
 from ksi.tasks.quantity import parse_duration, parse_quantity
 
@@ -125,7 +126,7 @@ def load(path: Path) -> tuple[Spec | None, list[Problem]]:
 
     found = _Problems(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlio.load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         found.add("", f"cannot read the SPEC: {exc.strerror}", "give the path of an existing, readable SPEC file")
         return None, found.items
