@@ -162,12 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, node: str) -> int:
-    from ksi.launch import warm
-
-    warm.libraries()  # first of all: the checks' first command needs plumbum, imported meanwhile
-    from ksi.launch import multinode
     from ksi.launch.lifecycle import RunOptions
-    from ksi.launch.run import run
 
     extra = list(args.workload_args)
     log.setup(node, verbose=args.verbose)
@@ -182,7 +177,10 @@ def _run(args: argparse.Namespace, node: str) -> int:
     guard = SignalGuard()
     environ = dict(os.environ)
     slurm = context(environ)
-    runner = multinode.run if slurm.in_step and slurm.step_nodes > 1 else run
+    if slurm.in_step and slurm.step_nodes > 1:
+        from ksi.launch.multinode import run as runner
+    else:
+        from ksi.launch.run import run as runner
     with guard.installed():
         try:
             return runner(options, slurm, node, guard, environ)

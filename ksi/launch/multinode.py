@@ -119,7 +119,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         kind_env = kind_environment(settings, environ)
         stopping = Stopping.learn(slurm, settings, environ, guard)  # in the background
         plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, problems, environ,
-                          kind_env, multinode=True, runs_workload=slurm.procid == 0)
+                          kind_env, multinode=True, runs_workload=slurm.procid == 0, meanwhile=warm.libraries)
         assert slurm.job_id is not None and slurm.step_id is not None  # in_step checked by the caller
         me = NodeRun(slurm, node, settings, plan, kind_env, environ, names.cluster_name(slurm.job_id),
                      tuple(expand_nodelist(slurm.step_nodelist or "")))

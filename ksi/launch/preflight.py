@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,35 +60,35 @@ def run_checks(
     *,
     multinode: bool = False,
     runs_workload: bool = True,
+    meanwhile: Callable[[], object] = lambda: None,
 ) -> Plan:
     """Check inputs, settings, tools and the system; return the Plan or raise ChecksFailed with all problems.
 
-    The workload's interpreter is checked only where it will run (``runs_workload``: the leader of a
-    multi-node run), since the other nodes never start it.
+    The checks that start commands (the tools' versions, the images) start first, side by side; ``meanwhile``
+    (importing what the run needs later) and the checks ksi makes itself run while they do. The workload's
+    interpreter is checked only where it will run (``runs_workload``: the leader of a multi-node run), since
+    the other nodes never start it.
     """
     problems: list[Problem] = list(setting_problems)
-
-    resolved = resolve(workload, args, environ.get("PATH", os.defpath), check_interpreter=runs_workload)
-    if isinstance(resolved, Problem):
-        problems.append(resolved)
-    shared = check_shared_dir(shared_dir)
-    if isinstance(shared, Problem):
-        problems.append(shared)
-
-    chosen = wanted_port(port, environ)
-    if isinstance(chosen, Problem):
-        problems.append(chosen)
-
-    state_problem = check_private_dir(settings.state_dir, create=True)
-    if state_problem is not None:
-        problems.append(state_problem)
-    wrapper = cgroups.scope_wrapper(settings.systemd_scope)
-    problems += system_problems(wrapper, kind_env)
-    # The version checks start a process each, the image checks may hash archives: run them side by side.
+    state_problem = check_private_dir(settings.state_dir, create=True)  # before the image checks write to it
     with concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="checks") as pool:
         tools = pool.submit(tool_checks, settings.provider, kind_env)
         liqo = pool.submit(liqo_check, kind_env) if multinode else None
         images = pool.submit(image_checks, settings, kind_env, liqo)
+        meanwhile()
+        resolved = resolve(workload, args, environ.get("PATH", os.defpath), check_interpreter=runs_workload)
+        if isinstance(resolved, Problem):
+            problems.append(resolved)
+        shared = check_shared_dir(shared_dir)
+        if isinstance(shared, Problem):
+            problems.append(shared)
+        chosen = wanted_port(port, environ)
+        if isinstance(chosen, Problem):
+            problems.append(chosen)
+        if state_problem is not None:
+            problems.append(state_problem)
+        wrapper = cgroups.scope_wrapper(settings.systemd_scope)
+        problems += system_problems(wrapper, kind_env)
         version, tool_problems = tools.result()
         problems += tool_problems
         if liqo is not None:

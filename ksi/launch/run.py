@@ -34,7 +34,7 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         kind_env = kind_environment(settings, environ)
         stopping = Stopping.learn(slurm, settings, environ, guard)  # in the background
         plan = run_checks(opts.workload, opts.args, opts.shared_dir, opts.port, settings, setting_problems,
-                          environ, kind_env)
+                          environ, kind_env, meanwhile=warm.libraries)
     _log.info("checks: ok in %.2f s (kind v%s, %s%s)", phases.seconds["checks"],
               ".".join(map(str, plan.kind_version)), settings.provider,
               ", under systemd-run --scope" if plan.kind_wrapper else "")

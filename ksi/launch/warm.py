@@ -1,10 +1,10 @@
 """Libraries a run needs later, imported in background threads while ksi waits for its commands.
 
 The start of a run is mostly waiting: for ``kind version``, for the stale-cluster listing, for kind
-itself. The libraries a run needs (plumbum for its first command, then filelock for the node locks, jinja2
-and PyYAML for the kind config and the kubeconfig: about 0.2 s of CPU) are imported from the start of the
-run, in the order they are needed, and the kind config template compiled, so most of it happens while the
-first commands run.
+itself. The libraries a run needs (filelock for the node locks, jinja2 and PyYAML for the kind config and
+the kubeconfig: about 0.1 s of CPU) are imported once the checks' commands have started, in the order they
+are needed, and the kind config template compiled, so it happens while those commands run rather than
+before the first one starts.
 The kubernetes client (0.25 s, a second on a cold node) is imported while kind creates the cluster, and
 only where the token is issued: earlier, it would compete with the checks, which on the leader of a
 multi-node run hold up every node.
@@ -21,7 +21,7 @@ from ksi.cluster import kindconfig
 from ksi.cluster.api import load_client
 
 _log = log.get(__name__)
-LIBRARIES = ("plumbum", "filelock", "yaml", "jinja2")  # in the order the run needs them
+LIBRARIES = ("filelock", "yaml", "jinja2")  # in the order the run needs them
 
 
 def _start(name: str, load: Callable[[], None]) -> threading.Thread:
@@ -43,7 +43,7 @@ def _import_libraries() -> None:
 
 
 def libraries() -> threading.Thread:
-    """Start importing plumbum, filelock, PyYAML and jinja2, then compiling the kind template; return the thread."""
+    """Start importing filelock, PyYAML and jinja2, then compiling the kind template; return the thread."""
     return _start("import-libraries", _import_libraries)
 
 

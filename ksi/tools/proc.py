@@ -1,8 +1,8 @@
 """The one place where ksi starts external programs.
 
-Every command is looked up on the PATH of the environment it will run with (built at call time, because
-plumbum copies os.environ once, at import), logged as a line one can paste into a shell, run in its own
-process group under a timeout, and turned into :class:`~ksi.errors.CommandFailed` with argv, exit status,
+Every command is looked up on the PATH of the environment it will run with (built at call time), logged as
+a line one can paste into a shell, started with :class:`subprocess.Popen` in its own process group, run
+under a timeout, and turned into :class:`~ksi.errors.CommandFailed` with argv, exit status,
 stdout and stderr when it fails. Teardown commands run *shielded*: they ignore SIGTERM/SIGINT/SIGHUP so a
 repeated scancel signal cannot cut a ``kind delete`` short.
 """
@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from ksi import log
 from ksi.errors import CommandFailed, CommandTimeout, ToolMissingError
@@ -109,8 +108,6 @@ def run(
     killed), and CommandFailed on a non-zero exit when ``check`` is true. If ksi itself is interrupted while
     waiting, the child's process group is killed before the interruption propagates.
     """
-    from plumbum import local  # plumbum costs ~40 ms to import; only commands need it
-
     child_env = dict(env) if env is not None else environment()
     exe = which(argv[0], child_env)
     if exe is None:
@@ -119,8 +116,8 @@ def run(
         )
     _log.debug("run: %s", shlex.join(argv))
     started = time.monotonic()
-    command = local[_SHIELD[0]][[*_SHIELD[1:], exe, *argv[1:]]] if shielded else local[exe][list(argv[1:])]
-    popen = command.popen(
+    proc = subprocess.Popen(
+        [*_SHIELD, exe, *argv[1:]] if shielded else [exe, *argv[1:]],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -129,7 +126,6 @@ def run(
         encoding="utf-8",
         errors="replace",
     )
-    proc = cast("subprocess.Popen[str]", popen)  # plumbum's object delegates to the subprocess.Popen inside
     with _live_lock:
         _live.add(proc)
     try:
