@@ -121,3 +121,22 @@ def state_of(runner: KsiRunner) -> str | None:
         return str(runner.record(dirs[0]).get("state"))
     except ValueError:
         return None
+
+
+def guardians_of(ksi_pid: int) -> list[int]:
+    """Return the live workload guardians that the ksi process ``ksi_pid`` started (their argv ends in its pid).
+
+    A guardian is ``python -I -S -c <script> <ksi pid>``, started before the workload is known.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if argv[1:4] == [b"-I", b"-S", b"-c"] and len(argv) == 6 and b"prctl" in argv[4] \
+                and argv[5] == str(ksi_pid).encode():
+            found.append(int(entry))
+    return found

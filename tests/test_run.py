@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ksi_helpers import WORKLOADS, KsiRunner, finish, state_of, wait_for
+from tests.ksi_helpers import WORKLOADS, KsiRunner, finish, guardians_of, state_of, wait_for
 from tests.simhost.common import process_start
 from tests.simhost.plugin import SimHost
 
@@ -308,13 +308,33 @@ def test_sigterm_during_create(ksi: KsiRunner, simhost: SimHost) -> None:
     workload = script(ksi.cwd, "w.sh", "echo must-not-run\n")
     process = ksi.start("run", str(workload), str(ksi.shared), env={"KSI_SIM_FAULTS": "kind-create:slow=60"})
     wait_for(lambda: state_of(ksi) == "creating" and ksi.registry(), 30, "ksi to start creating")
+    wait_for(lambda: guardians_of(process.pid), 10, "the workload's guardian, started while kind creates")
     process.send_signal(signal.SIGTERM)
     status, out, err = finish(process)
     assert status == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM during create" in err
     assert "must-not-run" not in out
     assert ksi.record(ksi.run_dirs()[0])["stop_signal"] == "SIGTERM"
+    assert guardians_of(process.pid) == []  # the teardown ended it without starting the workload
     assert_nothing_left(ksi, simhost)
+
+
+def test_guardian_started_ahead_dies_with_a_killed_ksi(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    workload = script(ksi.cwd, "w.sh", f"touch {ran}\n")
+    process = ksi.start("run", str(workload), str(ksi.shared), env={"KSI_SIM_FAULTS": "kind-create:slow=60"})
+    try:
+        wait_for(lambda: state_of(ksi) == "creating", 30, "ksi to start creating")
+        [guardian] = wait_for(lambda: guardians_of(process.pid), 10, "the workload's guardian")
+        process.kill()  # as KillWait or the OOM killer would: no teardown
+        finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    wait_for(lambda: process_start(guardian) is None, 10, f"the guardian {guardian} to end with ksi")
+    assert not ran.exists()  # a guardian without its ksi never starts the workload
+    simhost.kill_all()
 
 
 def test_sigterm_during_workload_is_forwarded(ksi: KsiRunner, simhost: SimHost, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ksi.cluster import access, kindconfig, rundir
@@ -60,8 +60,12 @@ class NodeCluster:
         """Reserve a port on this node for this cluster (released at teardown)."""
         return reserve_port(self.settings.state_dir, self._teardown, self.name, wanted, udp=udp)
 
-    def create(self, port: int, api_address: str = "127.0.0.1", udp_ports: tuple[int, ...] = ()) -> str:
-        """Create the kind cluster (serialised per user and node) and return its API server URL."""
+    def create(self, port: int, api_address: str = "127.0.0.1", udp_ports: tuple[int, ...] = (), *,
+               started: Callable[[], object] | None = None) -> str:
+        """Create the kind cluster (serialised per user and node) and return its API server URL.
+
+        ``started`` is called once ``kind create`` runs: what it starts overlaps with the creation.
+        """
         create_secret_file(self.kubeconfig)
         config = kindconfig.write(
             kindconfig.KindConfig(self.name, self._shared_dir, port, self.settings.node_image, api_address,
@@ -71,7 +75,7 @@ class NodeCluster:
         self._registry.add(new_record(self.name, self.job_id, self.run_dir, self.kubeconfig, port, self.node))
         with node_lock(self.settings.state_dir / CREATE_LOCK, self.settings.lock_timeout, "kind create"):
             self._kind.create(self.name, config, self.kubeconfig, wait=self.settings.kind_wait,
-                              timeout=self.settings.create_timeout)
+                              timeout=self.settings.create_timeout, started=started)
         return write_cluster_kubeconfig(self.kubeconfig, self.name)
 
     def _delete(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ksi import log
-from ksi.errors import EXIT_USAGE, Interrupted, Problem
+from ksi.errors import EXIT_USAGE, Interrupted, KsiError, Problem
 from ksi.host import signals
 from ksi.host.poll import poll
 
@@ -38,21 +39,38 @@ _ELF = b"\x7fELF"
 # forward anything, and the group would live on as orphans, which Slurm's proctrack/linuxproc no longer tracks
 # once they are reparented. The stop signals ksi forwards to the group are the workload's to handle: the
 # guardian catches them with a no-op handler (reset to the default on exec, so the workload sees them as
-# usual). It exits the way the workload did (same code, same signal); an exec failure exits 126/127 as a
-# shell's does. A separate interpreter because Popen's preexec_fn is unsafe with threads.
+# usual). It starts before the workload is known (an interpreter's start is then off the critical path) and
+# reads what to run (argv, environment, directory: marshal, the interpreter's own format) from its stdin;
+# an end of file without it (ksi stopped first, or died) ends it without starting anything, and a part of it
+# (a stop signal while ksi wrote) with 125. It exits the way
+# the workload did (same code, same signal); an exec failure exits 126/127 as a shell's does. A separate
+# interpreter because Popen's preexec_fn is unsafe with threads.
 _GUARDIAN = """\
-import ctypes, os, signal, sys
-parent, argv = int(sys.argv[1]), sys.argv[2:]
+import ctypes, marshal, os, signal, sys
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
     signal.signal(sig, lambda signum, frame: None)
 signal.signal(signal.SIGUSR2, lambda signum, frame: os.killpg(0, signal.SIGKILL))
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR2)
-if os.getppid() != parent:
+if os.getppid() != int(sys.argv[1]):
     os.killpg(0, signal.SIGKILL)
+given = sys.stdin.buffer.read()
+if not given:
+    os._exit(0)
+try:
+    argv, env, cwd = marshal.loads(given)
+except (EOFError, ValueError, TypeError):
+    print("ksi: the workload's start was cut short", file=sys.stderr)
+    os._exit(125)
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+try:
+    os.chdir(cwd)
+except OSError as exc:
+    print(f"ksi: cannot start the workload in {cwd}: {exc.strerror}", file=sys.stderr)
+    os._exit(126)
 pid = os.fork()
 if pid == 0:
     try:
-        os.execvp(argv[0], argv)
+        os.execvpe(argv[0], argv, env)
     except OSError as exc:
         print(f"ksi: cannot start the workload {argv[0]}: {exc.strerror}", file=sys.stderr)
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
@@ -65,6 +83,62 @@ if code < 0:
     os.kill(os.getpid(), -code)
 os._exit(code if code >= 0 else 128 - code)
 """
+_DISCARD_WAIT = 2.0  # seconds an unused guardian gets to exit once its stdin is closed
+
+
+class Guardian:
+    """The leader of the workload's process group, started ahead of the workload (see ``_GUARDIAN``).
+
+    Register :meth:`discard` (the teardown's undo) before :meth:`spawn`; :func:`run` calls :meth:`start`.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = False
+
+    @property
+    def spawned(self) -> bool:
+        """True once :meth:`spawn` started the guardian's process."""
+        return self._process is not None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The guardian's process (once spawned)."""
+        assert self._process is not None
+        return self._process
+
+    def spawn(self) -> None:
+        """Start the guardian interpreter; it waits for :meth:`start`, or for its stdin to close."""
+        self._process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARDIAN, str(os.getpid())],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         process_group=0)
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+        """Hand the guardian what to run (through its stdin, never its argv) and close the pipe: it starts."""
+        assert self.process.stdin is not None
+        self._started = True
+        try:
+            with self.process.stdin:
+                self.process.stdin.write(marshal.dumps((list(argv), dict(env), str(cwd))))
+        except BrokenPipeError:
+            raise KsiError(f"the workload's guardian (pid {self.process.pid}) exited before the workload started",
+                           step="workload", fix="see ksi.log in the run directory; something killed "
+                           "processes of this job") from None
+
+    def discard(self) -> None:
+        """End a guardian that never got a workload: close its stdin and reap it (SIGKILL if it lingers)."""
+        if self._process is None or self._started:
+            return
+        process = self._process
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        try:
+            process.wait(timeout=_DISCARD_WAIT)
+        except subprocess.TimeoutExpired:
+            _kill(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _interpreter_problem(path: Path, line: bytes, search_path: str) -> Problem | None:
@@ -147,21 +221,23 @@ def _pump(source: BinaryIO, sink: BinaryIO, keep: BinaryIO, lock: threading.Lock
 
 
 def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path,
-        grace: float | Callable[[int], float]) -> tuple[int, int | None]:
+        grace: float | Callable[[int], float], guardian: Guardian | None = None) -> tuple[int, int | None]:
     """Run ``workload`` in its own process group; return (exit status, stop signal that interrupted it).
 
-    stdout and stderr pass through live and are also appended to ``output`` (0600). A stop signal that
-    reaches ksi while the workload runs is forwarded to the workload's process group; after ``grace``
-    seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group is killed; if ksi
-    itself is killed, so is the workload (parent-death signal). The status is 128+N when the workload died
-    from signal N.
+    The group's leader is ``guardian`` (spawned earlier, so its start is not waited for here; spawned now if
+    it was not), else a new one. stdout and stderr pass through live and are also appended to ``output``
+    (0600). A stop signal that reaches ksi while the workload runs is forwarded to the workload's process
+    group; after ``grace`` seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group
+    is killed; if ksi itself is killed, so is the workload (parent-death signal). The status is 128+N when
+    the workload died from signal N.
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
     lock = threading.Lock()
-    argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN, str(os.getpid()), *workload.argv]
-    child = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, process_group=0)
+    guardian = guardian or Guardian()
+    if not guardian.spawned:
+        guardian.spawn()
+    child = guardian.process
     assert child.stdout is not None and child.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, keep, lock), daemon=True),
@@ -172,6 +248,7 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path,
     stopped_by: int | None = None
     try:
         try:
+            guardian.start(workload.argv, env, cwd)
             returncode = _wait(child)
         except Interrupted as exc:
             signals.seen()

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from ksi import log
-from ksi.cluster import access, rundir
+from ksi.cluster import access, rundir, workload
 from ksi.cluster.node import NodeCluster
 from ksi.cluster.stopping import Stopping
 from ksi.cluster.teardown import Teardown
@@ -101,6 +101,12 @@ class Lifecycle:
         self._guard.disarm()
         proc.terminate_all()
         finish(self.teardown, self.phases, self.record, self.status, error)
+
+    def guardian(self) -> workload.Guardian:
+        """Return the workload's guardian, to spawn while ksi waits for something else; the teardown ends it unused."""
+        guardian = workload.Guardian()
+        self.teardown.push("end the workload's unused guardian", guardian.discard)
+        return guardian
 
     def workload_ended(self, status: int, stopped_by: int | None) -> None:
         """Note the workload's exit status (and the stop signal forwarded to it) for run.json."""

@@ -195,10 +195,12 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, joined: list[Rend
     record.save(state="creating", phases=life.phases.seconds)
     cluster = NodeCluster(me.cluster_name, me.node, me.slurm.job_id, node_dir, me.settings, me.plan.shared_dir,
                           me.plan.kind_wrapper, me.kind_env, life.teardown)
-    issue_token = _prepare_access(me) if me.leads else None
+    client = warm.Client() if me.leads else None
+    issue_token = _prepare_access(me, client) if client is not None else None
     with life.phases.phase("create"):
         images.node_image_ready()
-        api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,))
+        api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,),
+                             started=client.start if client is not None else None)
     _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", me.cluster_name,
               life.phases.seconds["create"], port, api)
     images.start_cluster(me.cluster_name, liqo=True)
@@ -270,6 +272,8 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
     """Gather the followers, peer their clusters to this one, run the workload, announce its status; return it."""
     rdv, settings = up.rdv, me.settings
     assert up.grant is not None and life.record is not None
+    guardian = life.guardian()
+    guardian.spawn()  # its interpreter starts while the leader waits for the others
     with life.phases.phase("rendezvous"):
         gather(me, rdv, "join", hello, settings.rendezvous_timeout, watch=False)
         readies = gather(me, rdv, "get their cluster ready", ready, settings.create_timeout + settings.install_timeout,
@@ -299,7 +303,7 @@ def lead(me: NodeRun, life: Lifecycle, up: Up) -> int:
         with life.phases.phase("workload", life.record):
             _log.info("workload: starting %s", me.plan.workload.path)
             status, stopped_by = workload.run(me.plan.workload, env, Path.cwd(), rdv.path / rundir.WORKLOAD_LOG,
-                                              life.stopping.grace)
+                                              life.stopping.grace, guardian)
     finally:
         life.record.lost_nodes = watcher.stop()
     life.workload_ended(status, stopped_by)
@@ -367,13 +371,12 @@ def _location(me: NodeRun) -> Path:
     return Rendezvous.location(me.plan.shared_dir, me.slurm.job_id, me.slurm.step_id, me.slurm.restart_count)
 
 
-def _prepare_access(me: NodeRun) -> Callable[[NodeCluster], access.Access]:
-    """Start loading the kubernetes client and looking up the job's end; return what issues the token."""
-    importing = warm.client()
+def _prepare_access(me: NodeRun, client: warm.Client) -> Callable[[NodeCluster], access.Access]:
+    """Start looking up the job's end; return what issues the token (once ``client`` is imported)."""
     job_end = job_end_lookup(me.slurm, me.environ)
 
     def issue(cluster: NodeCluster) -> access.Access:
-        importing.join()
+        client.join()
         return cluster.grant_access(job_end)
 
     return issue

@@ -53,16 +53,21 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         port = cluster.reserve_port(plan.port)
         record.save(port=port)
 
-        importing = warm.client()
         job_end = job_end_lookup(slurm, environ)
+        client, guardian = warm.Client(), life.guardian()
+
+        def while_creating() -> None:  # kind create runs: the client's import and the guardian's start overlap it
+            client.start()
+            guardian.spawn()
+
         with phases.phase("create"):
             images.node_image_ready()
-            api = cluster.create(port)
+            api = cluster.create(port, started=while_creating)
         _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", name, phases.seconds["create"],
                   port, api)
         images.start_cluster(name, liqo=False)
         with phases.phase("access", record, api=api):
-            importing.join()
+            client.join()
             grant = cluster.grant_access(job_end)
         _log.info("access: token for %s/%s valid until %s (%.2f s)", access.NAMESPACE, access.SERVICE_ACCOUNT,
                   grant.expires.strftime("%Y-%m-%dT%H:%M:%SZ"), phases.seconds["access"])
@@ -71,6 +76,6 @@ def run(opts: RunOptions, slurm: SlurmContext, node: str, guard: SignalGuard, en
         with phases.phase("workload", record):
             _log.info("workload: starting %s", plan.workload.path)
             status, stopped_by = workload.run(plan.workload, workload_environment(environ, cluster, api, port, grant),
-                                              Path.cwd(), run_dir / rundir.WORKLOAD_LOG, stopping.grace)
+                                              Path.cwd(), run_dir / rundir.WORKLOAD_LOG, stopping.grace, guardian)
         life.workload_ended(status, stopped_by)
     return status

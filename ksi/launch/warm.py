@@ -5,9 +5,9 @@ itself. The libraries a run needs (filelock for the node locks, jinja2 and PyYAM
 the kubeconfig: about 0.1 s of CPU) are imported once the checks' commands have started, in the order they
 are needed, and the kind config template compiled, so it happens while those commands run rather than
 before the first one starts.
-The kubernetes client (0.25 s, a second on a cold node) is imported while kind creates the cluster, and
-only where the token is issued: earlier, it would compete with the checks, which on the leader of a
-multi-node run hold up every node.
+The kubernetes client (0.25 s, a second on a cold node) is imported once kind create runs, and only where
+the token is issued: earlier, it would compete with the checks (which on the leader of a multi-node run
+hold up every node) and with the steps that lead to kind create.
 """
 
 from __future__ import annotations
@@ -47,6 +47,19 @@ def libraries() -> threading.Thread:
     return _start("import-libraries", _import_libraries)
 
 
-def client() -> threading.Thread:
-    """Start importing the kubernetes client (:func:`ksi.cluster.api.load_client`); return the thread."""
-    return _start("import-kubernetes", load_client)
+class Client:
+    """The import of the kubernetes client (:func:`ksi.cluster.api.load_client`) in a background thread."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the import (once)."""
+        if self._thread is None:
+            self._thread = _start("import-kubernetes", load_client)
+
+    def join(self) -> None:
+        """Wait until the client is imported (starting the import now if nothing started it)."""
+        self.start()
+        assert self._thread is not None
+        self._thread.join()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ksi.errors import ToolMissingError
@@ -39,11 +39,12 @@ class Kind:
                 fix=f"install kind >= v{wanted}", step="checks")
         return version
 
-    def create(self, name: str, config: Path, kubeconfig: Path, *, wait: float, timeout: float) -> None:
-        """Run ``kind create cluster`` writing credentials only into ``kubeconfig``."""
+    def create(self, name: str, config: Path, kubeconfig: Path, *, wait: float, timeout: float,
+               started: Callable[[], object] | None = None) -> None:
+        """Run ``kind create cluster`` writing credentials only into ``kubeconfig``; ``started`` once it runs."""
         argv = [*self._wrapper, "kind", "create", "cluster", "--name", name, "--config", str(config),
                 "--kubeconfig", str(kubeconfig), "--wait", f"{int(wait)}s"]
-        proc.run(argv, env=self._env, timeout=timeout, step="create")
+        proc.run(argv, env=self._env, timeout=timeout, step="create", started=started)
 
     def delete(self, name: str, kubeconfig: Path | None, *, timeout: float) -> proc.Result:
         """Run ``kind delete cluster`` shielded from stop signals; the caller verifies the outcome."""

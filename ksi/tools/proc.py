@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ksi import log
@@ -100,13 +100,15 @@ def run(
     check: bool = True,
     shielded: bool = False,
     step: str = "",
+    started: Callable[[], object] | None = None,
 ) -> Result:
     """Run ``argv`` to completion and return its result.
 
     ``env`` is the child's complete environment (default: the current one). Raises ToolMissingError when the
     program is not on that environment's PATH, CommandTimeout after ``timeout`` seconds (the process group is
     killed), and CommandFailed on a non-zero exit when ``check`` is true. If ksi itself is interrupted while
-    waiting, the child's process group is killed before the interruption propagates.
+    waiting, the child's process group is killed before the interruption propagates. ``started`` is called
+    (in this thread) as soon as the command runs, for work that should overlap with it.
     """
     child_env = dict(env) if env is not None else environment()
     exe = which(argv[0], child_env)
@@ -115,7 +117,7 @@ def run(
             f"{argv[0]} not found on PATH", fix=f"install {argv[0]} or put it on PATH", step=step
         )
     _log.debug("run: %s", shlex.join(argv))
-    started = time.monotonic()
+    began = time.monotonic()
     proc = subprocess.Popen(
         [*_SHIELD, exe, *argv[1:]] if shielded else [exe, *argv[1:]],
         stdin=subprocess.DEVNULL,
@@ -129,7 +131,9 @@ def run(
     with _live_lock:
         _live.add(proc)
     try:
-        stdout, stderr = _communicate(proc, started + timeout, check_signals=not shielded)
+        if started is not None:
+            started()
+        stdout, stderr = _communicate(proc, began + timeout, check_signals=not shielded)
     except subprocess.TimeoutExpired:
         _kill_group(proc, term=not shielded)
         stdout, stderr = proc.communicate()
@@ -140,13 +144,13 @@ def run(
             # A stop signal reached ksi while a teardown command runs (its own group ignores it): let the
             # command finish within its timeout rather than leave a half-deleted cluster, then stop.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=max(started + timeout - time.monotonic(), 0.0))
+                proc.communicate(timeout=max(began + timeout - time.monotonic(), 0.0))
         _kill_group(proc, term=not shielded)
         raise
     finally:
         with _live_lock:
             _live.discard(proc)
-    result = Result(tuple(argv), proc.returncode, stdout, stderr, time.monotonic() - started)
+    result = Result(tuple(argv), proc.returncode, stdout, stderr, time.monotonic() - began)
     _log.debug(
         "exit %d after %.2f s: %s%s%s",
         result.returncode,
