@@ -43,8 +43,10 @@ def local_report(found: local.Local, missed: list[str]) -> tuple[str, dict[str, 
     overhead, overhead_fast = found.overhead(), found.overhead(fast=True)
     rss = max(u.rss_mb for u in found.used)
     cpu = median([u.cpu_s for u in found.used])
-    if overhead > local.TARGET_OVERHEAD:
-        missed.append(f"one node without Slurm: overhead {overhead:.2f} s > {local.TARGET_OVERHEAD} s")
+    # The target holds with the benchmark's latencies and with tools that take no time (the issue's own measure).
+    for seen, how in ((overhead, "create 3 s"), (overhead_fast, "no latencies")):
+        if seen > local.TARGET_OVERHEAD:
+            missed.append(f"one node without Slurm ({how}): overhead {seen:.2f} s > {local.TARGET_OVERHEAD} s")
     if rss >= TARGET_RSS_MB:
         missed.append(f"one node without Slurm: peak RSS {rss:.0f} MB >= {TARGET_RSS_MB:.0f} MB")
     rows = [
@@ -52,7 +54,7 @@ def local_report(found: local.Local, missed: list[str]) -> tuple[str, dict[str, 
         ["the same tool calls without ksi (a shell, ksi's arrangement)", _s(median(found.tools)),
          _s(median(found.tools_fast)), "", ""],
         ["ksi's overhead beyond the tools' own time", _s(overhead), _s(overhead_fast),
-         f"<= {_s(local.TARGET_OVERHEAD)}", _s(local.PROTOTYPE_OVERHEAD)],
+         f"<= {_s(local.TARGET_OVERHEAD)} (both)", _s(local.PROTOTYPE_OVERHEAD)],
         ["peak RSS of ksi (largest)", f"{rss:.0f} MB", "", f"< {TARGET_RSS_MB:.0f} MB", ""],
         ["CPU time of the ksi process (whole run)", _s(cpu), "", "", ""],
     ]
