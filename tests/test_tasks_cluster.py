@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import signal
+import stat
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.ksi_helpers import KsiRunner, finish, wait_for
 from tests.simhost.plugin import SimHost
@@ -104,6 +108,36 @@ tasks: {seq: 2}
     assert status == 0, err
     for i in range(2):
         assert (task_dir / f"logs-{i}" / "log.txt").read_text() == f"started {i}\nended {i}\n"
+
+
+def test_the_clients_copy_of_the_key_stays_in_the_run_directory(ksi: KsiRunner, tmp_path: Path) -> None:
+    """The kubernetes client writes the kubeconfig's key to a file for TLS: never to /tmp, gone at the end."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    body = """
+name: key
+image: busybox
+command: "touch started; while [ ! -e go ]; do sleep 0.05; done"
+tasks: {seq: 1}
+"""
+    process = ksi.start("run", "--tasks", str(write_spec(ksi, body)), str(ksi.shared), env={"TMPDIR": str(tmp)})
+    try:
+        wait_for((ksi.shared / "started").exists, 60, "the task to run")
+        [run_dir] = ksi.run_dirs()
+        kubeconfig = yaml.safe_load((run_dir / "kubeconfig").read_text())
+        key = base64.b64decode(kubeconfig["users"][0]["user"]["client-key-data"])
+        copies = [p for p in run_dir.glob(".ksi-api-*/*") if p.read_bytes() == key]
+        assert len(copies) == 1, sorted(run_dir.rglob("*"))
+        assert stat.S_IMODE(copies[0].stat().st_mode) == 0o600
+        assert stat.S_IMODE(copies[0].parent.stat().st_mode) == 0o700
+        assert list(tmp.iterdir()) == []
+        (ksi.shared / "go").touch()
+        status, _, err = finish(process, 60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert status == 0, err
+    assert list(run_dir.glob(".ksi-api-*")) == []
 
 
 def test_bad_spec_refused_before_any_cluster_with_every_problem(ksi: KsiRunner, simhost: SimHost) -> None:

@@ -58,6 +58,28 @@ class Response:
         return ": ".join(words)
 
 
+def api_client(kubeconfig: Path, context: str | None, files: Path, connections: int) -> Any:
+    """Return a kubernetes ApiClient for ``context`` of ``kubeconfig`` (None: its current context).
+
+    Only this kubeconfig is read (never ~/.kube/config or the client's global default configuration); TLS
+    is verified against its CA. The client writes the kubeconfig's certificates and key into ``files``,
+    created 0700 here and removed by the caller, never into /tmp. The pool keeps ``connections``
+    connections: a smaller pool drops the surplus after each request, and a later request pays a new TLS
+    handshake. Raises the client's ConfigException, OSError or a YAML error for a kubeconfig it cannot use.
+    """
+    from kubernetes.client.api_client import ApiClient
+    from kubernetes.client.configuration import Configuration
+    from kubernetes.config.kube_config import load_kube_config_from_dict
+
+    files.mkdir(mode=0o700, exist_ok=True)
+    configuration = Configuration()
+    configuration.connection_pool_maxsize = connections
+    load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+        yamlio.load(kubeconfig.read_text(encoding="utf-8")), context=context,
+        client_configuration=configuration, persist_config=False, temp_file_path=str(files))
+    return ApiClient(configuration)
+
+
 class ClusterApi:
     """The kubernetes client for one cluster, opened on first use and shared by every thread of the run."""
 
@@ -69,18 +91,7 @@ class ClusterApi:
         self._client: Any = None
 
     def _open(self) -> Any:
-        from kubernetes.client.api_client import ApiClient
-        from kubernetes.client.configuration import Configuration
-        from kubernetes.config.kube_config import load_kube_config_from_dict
-
-        self._files.mkdir(mode=0o700, exist_ok=True)
-        configuration = Configuration()
-        configuration.connection_pool_maxsize = 1
-        load_kube_config_from_dict(  # type: ignore[no-untyped-call]
-            yamlio.load(self.kubeconfig.read_text(encoding="utf-8")),
-            context=self.context, client_configuration=configuration, persist_config=False,
-            temp_file_path=str(self._files))
-        return ApiClient(configuration)
+        return api_client(self.kubeconfig, self.context, self._files, 1)
 
     def request(self, method: str, path: str, what: str, body: dict[str, Any] | None = None, *,
                 query: dict[str, str] | None = None, step: str = "access") -> Response:

@@ -1,8 +1,10 @@
 """The Kubernetes API as the task executor uses it: one client per kubeconfig, raw JSON, watches that resume.
 
-The client is the kubernetes package's ApiClient built from the run's kubeconfig and context (never the
-global default configuration, never ~/.kube/config); TLS is verified against the kubeconfig's CA and the
-credentials are the kubeconfig's. Requests go through the ApiClient itself, by path: the generated API
+The client is the kubernetes package's ApiClient built from the run's kubeconfig and context by
+:func:`ksi.cluster.api.api_client` (never the global default configuration, never ~/.kube/config); TLS is
+verified against the kubeconfig's CA and the credentials are the kubeconfig's. The client's copies of the
+kubeconfig's certificates and key go into a 0700 directory beside the kubeconfig (in a ksi run, the 0700
+run directory), removed by :meth:`Api.close`. Requests go through the ApiClient itself, by path: the generated API
 classes (CoreV1Api, BatchV1Api) take seconds to import, and their model objects cost time and memory per
 object that tens of thousands of watch events do not need. Objects stay plain dicts.
 """
@@ -10,12 +12,15 @@ object that tens of thousands of watch events do not need. Objects stay plain di
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ksi import log
+from ksi.cluster.api import api_client
 from ksi.errors import KsiError
 
 _log = log.get(__name__)
@@ -38,8 +43,9 @@ class ApiError(Exception):
 class Api:
     """Requests to one cluster's API server, by path, through one ApiClient (its connection pool)."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, files: Path | None = None) -> None:
         self.client = api_client
+        self._files = files  # the client's certificate files, removed by close()
 
     def open(self, method: str, path: str, *, query: Query = (), body: Obj | None = None,
              timeout: tuple[float, float | None] = REQUEST_TIMEOUT, accept: str = "application/json") -> Any:
@@ -74,32 +80,35 @@ class Api:
         discard(self.open(method, path, query=query, body=body))
 
     def close(self) -> None:
-        """Close the client's connection pool."""
+        """Close the client's connection pool and remove its certificate files."""
         self.client.close()
+        if self._files is not None:
+            shutil.rmtree(self._files, ignore_errors=True)
 
 
 def connect(kubeconfig: Path, context: str | None, connections: int) -> Api:
     """Return an Api for ``context`` (default: the kubeconfig's current context) of ``kubeconfig``.
 
-    The pool keeps ``connections`` connections (one per thread that makes requests): a smaller pool drops
-    the surplus after each request, and every later request pays a new TLS handshake.
+    The pool keeps ``connections`` connections (one per thread that makes requests). The client's
+    certificate files go into a new 0700 directory beside the kubeconfig (in the system's temporary
+    directory if that one cannot be written).
     """
-    from kubernetes.client.api_client import ApiClient
-    from kubernetes.client.configuration import Configuration
     from kubernetes.config.config_exception import ConfigException
-    from kubernetes.config.kube_config import load_kube_config
+    from yaml import YAMLError
 
-    configuration = Configuration()
-    configuration.connection_pool_maxsize = connections
     try:
-        load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), context=context or None, client_configuration=configuration,
-            persist_config=False)
-    except (ConfigException, OSError, ValueError) as exc:
+        files = Path(tempfile.mkdtemp(prefix=".ksi-api-", dir=kubeconfig.parent))
+    except OSError as exc:
+        _log.debug("cannot write beside %s (%s); the client's certificate files go to %s", kubeconfig, exc,
+                   tempfile.gettempdir())
+        files = Path(tempfile.mkdtemp(prefix="ksi-api-"))
+    try:
+        return Api(api_client(kubeconfig, context or None, files, connections), files)
+    except (ConfigException, OSError, ValueError, YAMLError) as exc:
+        shutil.rmtree(files, ignore_errors=True)
         raise KsiError(f"cannot use the kubeconfig {kubeconfig}{f' (context {context})' if context else ''}: "
                        f"{exc}", step="tasks", fix="run `ksi tasks run` inside a ksi workload, whose "
                        "KUBECONFIG and K8S_CLUSTER_NAME name the run's cluster") from None
-    return Api(ApiClient(configuration))
 
 
 def status_of(exc: BaseException) -> int | None:
