@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
 import signal
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,24 @@ def result(ksi: KsiRunner, experiment: str, task: str) -> dict[str, Any]:
 def executions(ksi: KsiRunner) -> collections.Counter[str]:
     path = ksi.shared / "executions.log"
     return collections.Counter(path.read_text().split()) if path.exists() else collections.Counter()
+
+
+@contextlib.contextmanager
+def held(ksi: KsiRunner, spec: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """Start ``ksi run --tasks SPEC`` (tasks that wait for the file ``go``, see release); kill it if the test fails."""
+    process = ksi.start("run", "--tasks", str(spec), str(ksi.shared), env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def release(ksi: KsiRunner, process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Let the held tasks end; return how the run ended (status, stdout, stderr)."""
+    (ksi.shared / "go").touch()
+    return finish(process, 60)
 
 
 FAULTS = """
@@ -93,18 +114,12 @@ parallelism: 2
 resources: {cpu: 100m}
 tasks: {seq: 2}
 """
-    spec = write_spec(ksi, body)
-    process = ksi.start("run", "--tasks", str(spec), str(ksi.shared))
-    try:
+    with held(ksi, write_spec(ksi, body)) as process:
         wait_for(lambda: (ksi.shared / "started.0").exists() and (ksi.shared / "started.1").exists(), 60,
                  "both tasks to run")
         task_dir = results(ksi, "logs") / "tasks"
         assert not any(task_dir.glob("*/log*.txt")) and not any(task_dir.glob("*/result.json"))
-        (ksi.shared / "go").touch()
-        status, _, err = finish(process, 60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        status, _, err = release(ksi, process)
     assert status == 0, err
     for i in range(2):
         assert (task_dir / f"logs-{i}" / "log.txt").read_text() == f"started {i}\nended {i}\n"
@@ -120,8 +135,7 @@ image: busybox
 command: "touch started; while [ ! -e go ]; do sleep 0.05; done"
 tasks: {seq: 1}
 """
-    process = ksi.start("run", "--tasks", str(write_spec(ksi, body)), str(ksi.shared), env={"TMPDIR": str(tmp)})
-    try:
+    with held(ksi, write_spec(ksi, body), TMPDIR=str(tmp)) as process:
         wait_for((ksi.shared / "started").exists, 60, "the task to run")
         [run_dir] = ksi.run_dirs()
         kubeconfig = yaml.safe_load((run_dir / "kubeconfig").read_text())
@@ -131,11 +145,7 @@ tasks: {seq: 1}
         assert stat.S_IMODE(copies[0].stat().st_mode) == 0o600
         assert stat.S_IMODE(copies[0].parent.stat().st_mode) == 0o700
         assert list(tmp.iterdir()) == []
-        (ksi.shared / "go").touch()
-        status, _, err = finish(process, 60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        status, _, err = release(ksi, process)
     assert status == 0, err
     assert list(run_dir.glob(".ksi-api-*")) == []
 
@@ -169,14 +179,10 @@ resources: {cpu: 100m}
 tasks: {seq: 8}
 """
     spec = write_spec(ksi, body)
-    process = ksi.start("run", "--tasks", str(spec), str(ksi.shared))
-    try:
+    with held(ksi, spec) as process:
         wait_for(lambda: sum(executions(ksi).values()) >= 6, 60, "six tasks to start")
         process.send_signal(signal.SIGTERM)
         status, _, err = finish(process, 30)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert status == 128 + signal.SIGTERM, err
     first = {t.name: json.loads((t / "result.json").read_text())["reason"]
              for t in (results(ksi, "stop") / "tasks").iterdir()}
