@@ -41,10 +41,10 @@ _ELF = b"\x7fELF"
 # guardian catches them with a no-op handler (reset to the default on exec, so the workload sees them as
 # usual). It starts before the workload is known (an interpreter's start is then off the critical path) and
 # reads what to run (argv, environment, directory: marshal, the interpreter's own format) from its stdin;
-# an end of file without it (ksi stopped first, or died) ends it without starting anything, and a part of it
-# (a stop signal while ksi wrote) with 125. It exits the way
-# the workload did (same code, same signal); an exec failure exits 126/127 as a shell's does. A separate
-# interpreter because Popen's preexec_fn is unsafe with threads.
+# an end of file without it (ksi stopped first, or died) ends it without starting anything, and a part of
+# it (a stop signal while ksi wrote) with 125. It exits the way the workload did (same code, same signal);
+# an exec failure exits 126/127 as a shell's does. A separate interpreter because Popen's preexec_fn is
+# unsafe with threads.
 _GUARDIAN = """\
 import ctypes, marshal, os, signal, sys
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
