@@ -118,19 +118,18 @@ class PortReservations:
         if not self.dir.is_dir():
             return
         with node_lock(self._lock, self._timeout, "port reservations"):
-            for path in self.dir.iterdir():
-                record = read_json(path)
-                if path.name.isdigit() and record is not None and record.get("cluster") == cluster:
+            for port, holder in self.held().items():
+                if holder == cluster:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                    _log.debug("released port %s", path.name)
+                        os.unlink(self.dir / str(port))
+                    _log.debug("released port %d", port)
 
     def held(self) -> dict[int, str]:
         """Return every reservation of this user on this node: port to cluster name (dead owners included)."""
         result: dict[int, str] = {}
         if self.dir.is_dir():
             for path in self.dir.iterdir():
-                record = read_json(path)
-                if path.name.isdigit() and record is not None:
+                record = read_json(path) if path.name.isdigit() else None  # not the writes' temporary files
+                if record is not None:
                     result[int(path.name)] = str(record.get("cluster", ""))
         return result
