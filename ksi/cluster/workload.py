@@ -94,7 +94,6 @@ class Guardian:
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
-        self._started = False
 
     @property
     def spawned(self) -> bool:
@@ -116,7 +115,6 @@ class Guardian:
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
         """Hand the guardian what to run (through its stdin, never its argv) and close the pipe: it starts."""
         assert self.process.stdin is not None
-        self._started = True
         try:
             with self.process.stdin:
                 self.process.stdin.write(marshal.dumps((list(argv), dict(env), str(cwd))))
@@ -126,10 +124,13 @@ class Guardian:
                            "processes of this job") from None
 
     def discard(self) -> None:
-        """End a guardian that never got a workload: close its stdin and reap it (SIGKILL if it lingers)."""
-        if self._process is None or self._started:
-            return
+        """End a guardian that never got a workload: close its stdin and reap it (SIGKILL if it lingers).
+
+        Nothing to do once :meth:`start` closed the stdin: the workload runs, and :func:`run` owns the rest.
+        """
         process = self._process
+        if process is None or process.stdin is None or process.stdin.closed:
+            return
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
@@ -221,20 +222,19 @@ def _pump(source: BinaryIO, sink: BinaryIO, keep: BinaryIO, lock: threading.Lock
 
 
 def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path,
-        grace: float | Callable[[int], float], guardian: Guardian | None = None) -> tuple[int, int | None]:
+        grace: float | Callable[[int], float], guardian: Guardian) -> tuple[int, int | None]:
     """Run ``workload`` in its own process group; return (exit status, stop signal that interrupted it).
 
-    The group's leader is ``guardian`` (spawned earlier, so its start is not waited for here; spawned now if
-    it was not), else a new one. stdout and stderr pass through live and are also appended to ``output``
-    (0600). A stop signal that reaches ksi while the workload runs is forwarded to the workload's process
-    group; after ``grace`` seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group
-    is killed; if ksi itself is killed, so is the workload (parent-death signal). The status is 128+N when
-    the workload died from signal N.
+    The group's leader is ``guardian``, spawned earlier so that its start is not waited for here (spawned
+    now if it was not). stdout and stderr pass through live and are also appended to ``output`` (0600). A
+    stop signal that reaches ksi while the workload runs is forwarded to the workload's process group; after
+    ``grace`` seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group is killed;
+    if ksi itself is killed, so is the workload (parent-death signal). The status is 128+N when the workload
+    died from signal N.
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
     lock = threading.Lock()
-    guardian = guardian or Guardian()
     if not guardian.spawned:
         guardian.spawn()
     child = guardian.process
