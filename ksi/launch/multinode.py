@@ -195,12 +195,12 @@ def bring_up(me: NodeRun, life: Lifecycle, images: NodeImages, joined: list[Rend
     record.save(state="creating", phases=life.phases.seconds)
     cluster = NodeCluster(me.cluster_name, me.node, me.slurm.job_id, node_dir, me.settings, me.plan.shared_dir,
                           me.plan.kind_wrapper, me.kind_env, life.teardown)
-    client = warm.Client() if me.leads else None
-    issue_token = _prepare_access(me, client) if client is not None else None
+    client = warm.Client()  # imported only where the token is issued, the leader
+    issue_token = _prepare_access(me, client) if me.leads else None
     with life.phases.phase("create"):
         images.node_image_ready()
         api = cluster.create(port, me.plan.node_address, () if me.leads else (gateway,),
-                             started=client.start if client is not None else None)
+                             started=client.start if me.leads else None)
     _log.info("create: cluster %s ready in %.2f s (K8S_PORT %d, API %s)", me.cluster_name,
               life.phases.seconds["create"], port, api)
     images.start_cluster(me.cluster_name, liqo=True)
