@@ -4,9 +4,9 @@ The client is the kubernetes package's ApiClient built from the run's kubeconfig
 :func:`ksi.cluster.api.api_client` (never the global default configuration, never ~/.kube/config); TLS is
 verified against the kubeconfig's CA and the credentials are the kubeconfig's. The client's copies of the
 kubeconfig's certificates and key go into a 0700 directory beside the kubeconfig (in a ksi run, the 0700
-run directory), removed by :meth:`Api.close`. Requests go through the ApiClient itself, by path: the generated API
-classes (CoreV1Api, BatchV1Api) take seconds to import, and their model objects cost time and memory per
-object that tens of thousands of watch events do not need. Objects stay plain dicts.
+run directory), removed by :meth:`Api.close`. Requests go through the ApiClient itself, by path: the
+generated API classes (CoreV1Api, BatchV1Api) take seconds to import, and their model objects cost time
+and memory per object that tens of thousands of watch events do not need. Objects stay plain dicts.
 """
 
 from __future__ import annotations

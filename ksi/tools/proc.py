@@ -2,9 +2,9 @@
 
 Every command is looked up on the PATH of the environment it will run with (built at call time), logged as
 a line one can paste into a shell, started with :class:`subprocess.Popen` in its own process group, run
-under a timeout, and turned into :class:`~ksi.errors.CommandFailed` with argv, exit status,
-stdout and stderr when it fails. Teardown commands run *shielded*: they ignore SIGTERM/SIGINT/SIGHUP so a
-repeated scancel signal cannot cut a ``kind delete`` short.
+under a timeout, and turned into :class:`~ksi.errors.CommandFailed` with argv, exit status, stdout and
+stderr when it fails. Teardown commands run *shielded*: they ignore SIGTERM/SIGINT/SIGHUP so a repeated
+scancel signal cannot cut a ``kind delete`` short.
 """
 
 from __future__ import annotations
