@@ -451,7 +451,8 @@ def test_a_node_that_cannot_bind_the_runs_port_fails_the_run(multi: Multi) -> No
     holder = subprocess.Popen(bedctl.nsenter_argv(multi.bed.anchor_pid(busy),
                                                   [sys.executable, "-c", listener, str(ready)], workdir="/"))
     try:  # a file, not a line on a pipe: waiting for it is bounded, and a holder that died is noticed
-        wait_for(lambda: ready.exists() or holder.poll() is not None, 30, f"the port holder on {busy}")
+        wait_for(lambda: (ready.exists() and ready.read_text() == "ready") or holder.poll() is not None, 30,
+                 f"the port holder on {busy}")
         assert holder.poll() is None and ready.read_text() == "ready", holder.returncode
         result = multi.srun(workload(multi, "w.sh", "echo must-not-run\n"), env={"K8S_PORT": "31999"})
     finally:

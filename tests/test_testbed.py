@@ -76,7 +76,11 @@ if rank == 0:
         time.sleep(0.05)
     with socket.create_connection((peer, port), timeout=10) as c:
         c.sendall(f"hello from {me}\n".encode())
-        open(os.path.join(d, "reply"), "w").write(c.makefile().readline())
+        reply = c.makefile().readline()
+    # Written aside and renamed: the test reads the reply as soon as the name exists.
+    with open(os.path.join(d, "reply.part"), "w") as f:
+        f.write(reply)
+    os.replace(os.path.join(d, "reply.part"), os.path.join(d, "reply"))
 while time.monotonic() < deadline and not os.path.exists(os.path.join(d, "stop")):
     try:
         conn, addr = srv.accept()
@@ -251,7 +255,9 @@ def test_scancel_sends_term_to_every_task_then_kill_after_killwait(slurm_bed: Sl
     assert {node for _, node in tasks.values()} == set(slurm_bed.node_names)
 
     assert slurm_bed.run(["scancel", job_id]).returncode == 0
-    poll("TERM in every task", lambda: all((d / f"{r}.term").exists() for r in range(3)), 15)
+    # A line, not the name: the handler opens its file a moment before it writes the time.
+    poll("TERM in every task", lambda: all((d / f"{r}.term").is_file() and (d / f"{r}.term").read_text().endswith("\n")
+                                           for r in range(3)), 15)
     term = {r: float((d / f"{r}.term").read_text().split()[0]) for r in range(3)}
     assert max(term.values()) - min(term.values()) < slurm_bed.kill_wait / 2, term  # at once, not one by one
 
