@@ -96,11 +96,6 @@ class Guardian:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
-    def spawned(self) -> bool:
-        """True once :meth:`spawn` started the guardian's process."""
-        return self._process is not None
-
-    @property
     def process(self) -> subprocess.Popen[bytes]:
         """The guardian's process (once spawned)."""
         assert self._process is not None
@@ -225,18 +220,15 @@ def run(workload: Workload, env: Mapping[str, str], cwd: Path, output: Path,
         grace: float | Callable[[int], float], guardian: Guardian) -> tuple[int, int | None]:
     """Run ``workload`` in its own process group; return (exit status, stop signal that interrupted it).
 
-    The group's leader is ``guardian``, spawned earlier so that its start is not waited for here (spawned
-    now if it was not). stdout and stderr pass through live and are also appended to ``output`` (0600). A
-    stop signal that reaches ksi while the workload runs is forwarded to the workload's process group; after
-    ``grace`` seconds (or what ``grace(signal)`` returns once the signal is forwarded) the group is killed;
-    if ksi itself is killed, so is the workload (parent-death signal). The status is 128+N when the workload
-    died from signal N.
+    The group's leader is ``guardian``, spawned earlier so that its start is not waited for here. stdout
+    and stderr pass through live and are also appended to ``output`` (0600). A stop signal that reaches ksi
+    while the workload runs is forwarded to the workload's process group; after ``grace`` seconds (or what
+    ``grace(signal)`` returns once the signal is forwarded) the group is killed; if ksi itself is killed, so
+    is the workload (parent-death signal). The status is 128+N when the workload died from signal N.
     """
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     keep = os.fdopen(fd, "wb")
     lock = threading.Lock()
-    if not guardian.spawned:
-        guardian.spawn()
     child = guardian.process
     assert child.stdout is not None and child.stderr is not None
     pumps = [
