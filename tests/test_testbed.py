@@ -21,16 +21,22 @@ pytestmark = pytest.mark.slurm
 
 PY = "python3"
 
-# Every task: records its pid and node, then TERM arrivals (handled: it keeps running) and a heartbeat.
-SIGNAL_RECORDER = r"""
-import os, signal, sys, time
-d = sys.argv[1]
-rank = os.environ["SLURM_PROCID"]
+# The scripts' write(name, text) into their directory d: aside, then renamed, so that a test polling for the
+# name never reads a file still being written.
+WRITE = r"""
 def write(name, text):
     tmp = os.path.join(d, f".{name}.{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, os.path.join(d, name))
+"""
+
+# Every task: records its pid and node, then TERM arrivals (handled: it keeps running) and a heartbeat.
+SIGNAL_RECORDER = r"""
+import os, signal, sys, time
+d = sys.argv[1]
+rank = os.environ["SLURM_PROCID"]
+""" + WRITE + r"""
 def on_term(signum, frame):
     with open(os.path.join(d, f"{rank}.term"), "a") as f:
         f.write(f"{time.time()}\n")
@@ -63,6 +69,7 @@ while time.monotonic() < deadline:
 TCP_PEERS = r"""
 import os, socket, sys, time
 d, port, peer = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+""" + WRITE + r"""
 rank = int(os.environ["SLURM_PROCID"])
 me = socket.gethostname()
 srv = socket.create_server((socket.gethostbyname(me), port))
@@ -77,10 +84,7 @@ if rank == 0:
     with socket.create_connection((peer, port), timeout=10) as c:
         c.sendall(f"hello from {me}\n".encode())
         reply = c.makefile().readline()
-    # Written aside and renamed: the test reads the reply as soon as the name exists.
-    with open(os.path.join(d, "reply.part"), "w") as f:
-        f.write(reply)
-    os.replace(os.path.join(d, "reply.part"), os.path.join(d, "reply"))
+    write("reply", reply)  # the test reads it as soon as the name exists
 while time.monotonic() < deadline and not os.path.exists(os.path.join(d, "stop")):
     try:
         conn, addr = srv.accept()
